@@ -1,0 +1,1 @@
+//! cache crate (see ARCHITECTURE.md).

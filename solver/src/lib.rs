@@ -1,0 +1,1 @@
+//! solver crate (see ARCHITECTURE.md).
