@@ -1,1 +1,12 @@
-//! cache crate (see ARCHITECTURE.md).
+//! Storage for builder: digests, the content store (an OCI image layout),
+//! layer tar creation and safe extraction, snapshots, the image store, and
+//! import/export of OCI and docker archives.
+
+pub mod archive;
+pub mod compression;
+pub mod digest;
+pub mod images;
+pub mod layer;
+pub mod store;
+
+pub use digest::{Digest, Hasher, InvalidDigest};

@@ -1,0 +1,1 @@
+//! Import and export of images: OCI layout tarballs, docker archives, directories.

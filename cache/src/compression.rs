@@ -1,0 +1,1 @@
+//! Compression of layer streams: gzip, zstd, or none.

@@ -1,0 +1,1 @@
+//! Layers: creation from directories and safe extraction into snapshots.

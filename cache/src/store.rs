@@ -1,0 +1,1 @@
+//! Content store: blobs by digest in an OCI image layout, written crash-safely.

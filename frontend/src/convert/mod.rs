@@ -1,0 +1,1 @@
+//! Conversion of typed instructions into stages, image configs and the build graph.

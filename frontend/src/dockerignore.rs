@@ -1,0 +1,1 @@
+//! .dockerignore with Docker semantics (moby patternmatcher), not gitignore.

@@ -1,0 +1,1 @@
+//! The build graph: plain-data ops (source, context, exec, copy) in a petgraph DAG.

@@ -1,0 +1,1 @@
+//! Typed instructions: syntax tree nodes → validated commands with their flags.
