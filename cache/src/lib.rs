@@ -6,7 +6,9 @@ pub mod archive;
 pub mod compression;
 pub mod digest;
 pub mod images;
+pub mod json;
 pub mod layer;
+pub mod snapshot;
 pub mod store;
 
 pub use digest::{Digest, Hasher, InvalidDigest};

@@ -1,0 +1,1 @@
+//! Canonical JSON: keys sorted, no insignificant whitespace, so digests are reproducible.

@@ -1,0 +1,1 @@
+//! Safe layer extraction into snapshot directories (overlay whiteout format).
