@@ -315,7 +315,7 @@ impl Store {
                 .modified()
                 .ok()
                 .and_then(|m| now.duration_since(m).ok());
-            if !age.is_some_and(|age| age > STALE_TMP_AGE) {
+            if age.is_none_or(|age| age <= STALE_TMP_AGE) {
                 continue;
             }
             let _ = if meta.is_dir() {
