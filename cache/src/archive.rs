@@ -1,1 +1,0 @@
-//! Import and export of images: OCI layout tarballs, docker archives, directories.
