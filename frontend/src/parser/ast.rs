@@ -66,3 +66,17 @@ pub struct Ast {
     pub escape: char,
     pub warnings: Vec<Warning>,
 }
+
+impl Ast {
+    /// The first line of the first instruction (BuildKit's root `StartLine`),
+    /// 0 when there are none.
+    pub fn start_line(&self) -> usize {
+        self.children.first().map_or(0, |n| n.start_line)
+    }
+
+    /// The last line of the last instruction (BuildKit's root `EndLine`);
+    /// trailing blank lines are not included.
+    pub fn end_line(&self) -> usize {
+        self.children.last().map_or(0, |n| n.end_line)
+    }
+}
