@@ -544,10 +544,21 @@ impl Tree {
                 let mut opaque = opaque;
                 match existing {
                     Some(st) if is_dir(&st) => {}
-                    Some(_) => {
+                    Some(st) => {
                         // A whiteout of this layer followed by a directory:
                         // the directory must still hide the lower one.
-                        opaque |= self.whiteouts.remove(&path);
+                        let was_whiteout = self.whiteouts.remove(&path);
+                        // An opaque marker only implies its directory; under
+                        // this layer's own symlink or file it would be
+                        // written through a parent, which is refused.
+                        if meta.is_none() && !was_whiteout && self.written.contains(&path) {
+                            return Err(LayerError::UnsafePath {
+                                entry: path.display(),
+                                reason: parent_reason(&st),
+                            }
+                            .into());
+                        }
+                        opaque |= was_whiteout;
                         self.remove_at(&dir, &name, &path)?;
                         self.mkdir_at(&dir, &name, &path)?;
                     }
@@ -847,11 +858,7 @@ impl Tree {
                     if !was_whiteout && self.written.contains(&prefix) {
                         return Err(LayerError::UnsafePath {
                             entry: entry.display(),
-                            reason: if is_symlink(&st) {
-                                "a parent directory is a symlink in this layer"
-                            } else {
-                                "a parent directory is not a directory in this layer"
-                            },
+                            reason: parent_reason(&st),
                         });
                     }
                     // A lower layer's non-directory (or this layer's
@@ -1080,8 +1087,13 @@ fn is_dir(st: &FileStat) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFDIR
 }
 
-fn is_symlink(st: &FileStat) -> bool {
-    st.st_mode & libc::S_IFMT == libc::S_IFLNK
+/// Why an entry below `st`, which this same layer wrote, is refused.
+fn parent_reason(st: &FileStat) -> &'static str {
+    if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+        "a parent directory is a symlink in this layer"
+    } else {
+        "a parent directory is not a directory in this layer"
+    }
 }
 
 /// `lstat` of `name` in `dir`; `None` if it does not exist.
