@@ -26,6 +26,8 @@ use crate::images::{
     MEDIA_TYPE_DOCKER_CONFIG, MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST,
 };
 use crate::json;
+use crate::layer::flatten::flatten_layers;
+use crate::snapshot::LayerRef;
 use crate::store::Store;
 
 const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
@@ -638,6 +640,10 @@ fn single<'a>(
 }
 
 /// `type=local`: the image's root filesystem, flattened into a directory.
+///
+/// A destination that does not exist yet appears complete or not at all (the
+/// tree is built beside it and renamed); an existing directory is written
+/// into, as buildx does.
 #[derive(Debug, Clone, Default)]
 pub struct LocalExporter;
 
@@ -659,7 +665,27 @@ impl Exporter for LocalExporter {
                 reason: "needs a destination directory",
             });
         };
-        flatten_into(images.store(), &item.image, &dir)?;
+        let werr = |source| ArchiveError::Write {
+            path: dir.clone(),
+            source,
+        };
+        if dir.exists() {
+            flatten_into(images.store(), &item.image, &dir)?;
+        } else {
+            let parent = match dir.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            std::fs::create_dir_all(&parent).map_err(werr)?;
+            let staging = tempfile::Builder::new()
+                .prefix(".builder-export-")
+                .tempdir_in(&parent)
+                .map_err(werr)?;
+            flatten_into(images.store(), &item.image, staging.path())?;
+            std::fs::rename(staging.path(), &dir).map_err(werr)?;
+            // The rename took the directory; nothing is left to clean up.
+            let _ = staging.keep();
+        }
         Ok(ExportReport {
             manifests: vec![item.image.manifest_digest],
             bytes: 0,
@@ -686,12 +712,33 @@ impl Exporter for TarExporter {
         let store = images.store();
         let staging = store.temp_dir("export-tar-")?;
         let root = staging.path().join("rootfs");
+        let rerr = |source| ArchiveError::Write {
+            path: root.clone(),
+            source,
+        };
+        std::fs::create_dir(&root).map_err(rerr)?;
         flatten_into(store, &item.image, &root)?;
+        let mut top: Vec<_> = std::fs::read_dir(&root)
+            .and_then(|d| {
+                d.map(|e| e.map(|e| e.file_name()))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(rerr)?;
+        top.sort();
         let bytes = to_destination(dest, |out| {
             let mut tar = tar::Builder::new(out);
             tar.follow_symlinks(false);
-            tar.append_dir_all(".", &root)
-                .map_err(ArchiveError::Stream)?;
+            for name in &top {
+                let path = root.join(name);
+                let meta = path.symlink_metadata().map_err(rerr)?;
+                if meta.is_dir() {
+                    tar.append_dir_all(name, &path)
+                        .map_err(ArchiveError::Stream)?;
+                } else {
+                    tar.append_path_with_name(&path, name)
+                        .map_err(ArchiveError::Stream)?;
+                }
+            }
             tar.into_inner().map_err(ArchiveError::Stream)?;
             Ok(())
         })?;
@@ -702,9 +749,31 @@ impl Exporter for TarExporter {
     }
 }
 
-fn flatten_into(_store: &Store, _image: &Image, _dir: &Path) -> Result<(), ArchiveError> {
-    Err(ArchiveError::Unsupported {
-        kind: "local",
-        reason: "TODO: waits for layer::flatten",
-    })
+/// Applies the image's layers, lowest first, into the existing directory `dir`.
+fn flatten_into(store: &Store, image: &Image, dir: &Path) -> Result<(), ArchiveError> {
+    let summary = image.config_summary()?;
+    let diff_ids = summary
+        .diff_ids()
+        .map_err(|e| ArchiveError::InvalidDocument {
+            path: blob_path(&image.id()),
+            source: serde_json::Error::io(io::Error::other(e.to_string())),
+        })?;
+    if diff_ids.len() != image.layers().len() {
+        return Err(ArchiveError::LayerCount {
+            config: blob_path(&image.id()),
+            diff_ids: diff_ids.len(),
+            layers: image.layers().len(),
+        });
+    }
+    let layers: Vec<LayerRef> = image
+        .layers()
+        .iter()
+        .zip(diff_ids)
+        .map(|(l, diff_id)| LayerRef {
+            digest: l.digest,
+            diff_id,
+        })
+        .collect();
+    flatten_layers(store, &layers, dir).map_err(ArchiveError::Flatten)?;
+    Ok(())
 }

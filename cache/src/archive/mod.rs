@@ -68,9 +68,7 @@ pub enum ArchiveError {
     },
     #[error("layer {path} in the archive cannot be decompressed: {reason}")]
     CorruptLayer { path: String, reason: String },
-    #[error(
-        "image config {config} lists {diff_ids} layers but the archive's manifest.json lists {layers}"
-    )]
+    #[error("image config {config} lists {diff_ids} layers but its manifest lists {layers}")]
     LayerCount {
         config: String,
         diff_ids: usize,
@@ -105,7 +103,7 @@ pub enum ArchiveError {
     #[error("cannot write the export stream")]
     Stream(#[source] io::Error),
     #[error("cannot flatten the image's layers")]
-    Flatten(#[source] Box<dyn std::error::Error + Send + Sync>),
+    Flatten(#[source] crate::layer::LayerError),
     #[error("invalid export option {0:?}")]
     InvalidOption(String),
     #[error("exporter {kind} {reason}")]
