@@ -269,8 +269,8 @@ pub(crate) enum Kind<'a> {
     Whiteout,
 }
 
-/// One thing to apply to a tree. `meta` is `None` for whiteouts and for
-/// directories that are only implied (an opaque marker).
+/// One thing to apply to a tree. `meta` is `None` for directories that are
+/// only implied (an opaque marker); of a whiteout's, only the times are used.
 pub(crate) struct Entry<'a> {
     pub(crate) path: RelPath,
     pub(crate) kind: Kind<'a>,
@@ -436,10 +436,13 @@ impl Tree {
                 if hidden.is_empty() || hidden == b"." || hidden == b".." {
                     return Err(unsafe_path("whiteout names no entry").into());
                 }
+                // Only the entry's times carry over, so that the snapshot
+                // (and a layer made again from it) is reproducible.
+                let meta = tar_meta(entry.header(), &pax, &name)?;
                 return self.apply(Entry {
                     path: parent.join(OsStr::from_bytes(hidden)),
                     kind: Kind::Whiteout,
-                    meta: None,
+                    meta: Some(meta),
                 });
             }
         }
@@ -504,11 +507,11 @@ impl Tree {
                 .into());
             }
         };
-        let meta = match kind {
-            Kind::Whiteout => None,
-            _ => Some(meta),
-        };
-        self.apply(Entry { path, kind, meta })
+        self.apply(Entry {
+            path,
+            kind,
+            meta: Some(meta),
+        })
     }
 
     /// Applies one entry to the tree.
@@ -539,7 +542,7 @@ impl Tree {
             .expect("created on demand");
         let existing = lstat_at(&dir, &name).map_err(|e| self.io_err("inspect", &path, e))?;
         match kind {
-            Kind::Whiteout => self.whiteout(&dir, &name, &path, existing)?,
+            Kind::Whiteout => self.whiteout(&dir, &name, &path, existing, meta.as_ref())?,
             Kind::Dir { opaque } => {
                 let mut opaque = opaque;
                 match existing {
@@ -722,6 +725,7 @@ impl Tree {
         name: &OsStr,
         path: &RelPath,
         existing: Option<FileStat>,
+        meta: Option<&Meta>,
     ) -> Result<(), Stop> {
         let mine = self.written.contains(path);
         match (self.opts.whiteouts, existing) {
@@ -746,6 +750,16 @@ impl Tree {
                         AtFlags::AT_SYMLINK_NOFOLLOW,
                     )
                     .map_err(|e| self.io_err("chown whiteout", path, e))?;
+                }
+                if let Some(meta) = meta {
+                    utimensat(
+                        dir,
+                        name,
+                        &timespec(meta.atime),
+                        &timespec(meta.mtime),
+                        UtimensatFlags::NoFollowSymlink,
+                    )
+                    .map_err(|e| self.io_err("set times of", path, e))?;
                 }
                 self.whiteouts.insert(path.clone());
                 self.written.insert(path.clone());
