@@ -470,7 +470,11 @@ fn every_entry_kind_round_trips() {
     let gone = meta("gone");
     assert!(gone.file_type().is_char_device());
     assert_eq!((gone.rdev(), gone.uid(), gone.gid()), (0, 0, 0));
-    assert_eq!(gone.mtime(), 1_600_000_000, "a whiteout keeps its entry's time");
+    assert_eq!(
+        gone.mtime(),
+        1_600_000_000,
+        "a whiteout keeps its entry's time"
+    );
     assert!(fs::symlink_metadata(dest.join(".wh.gone")).is_err());
     assert_eq!(
         xattr::get(dest.join("opq"), "trusted.overlay.opaque")
@@ -670,6 +674,16 @@ fn apply_mode_deletes_what_lower_layers_left() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(names.len(), 2, "{names:?}");
+
+    // A whiteout never hides what its own layer put below the path, even
+    // when the layer only implies the directory.
+    let upper = Tar::default()
+        .file("a/new", b"new")
+        .file(".wh.a", b"")
+        .finish();
+    unpack_layer(&upper[..], dir.path(), &apply).unwrap();
+    assert!(p.join("a/new").is_file());
+    assert!(!p.join("a/2").exists(), "the lower content is hidden");
 }
 
 #[test]

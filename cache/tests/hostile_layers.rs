@@ -313,6 +313,29 @@ fn dotdot_in_a_gnu_long_name_is_refused() {
 }
 
 #[test]
+fn overlong_deep_path_is_refused() {
+    if !require_root() {
+        return;
+    }
+    // 2600 levels: deep enough to hurt recursive removal, and beyond PATH_MAX.
+    let deep = "a/".repeat(2600) + "leaf";
+    let layer = Tar::default()
+        .pax(&[("path", deep.as_bytes())])
+        .file("placeholder", b"x")
+        .finish();
+    let jail = expect_unsafe(&layer);
+    assert!(!jail.dest().join("a").exists());
+    // A deep path within the limit still works.
+    let deep = "b/".repeat(1000) + "leaf";
+    let layer = Tar::default()
+        .pax(&[("path", deep.as_bytes())])
+        .file("placeholder", b"deep")
+        .finish();
+    let jail = expect_contained(&layer);
+    assert_eq!(fs::read(jail.dest().join(&deep)).unwrap(), b"deep");
+}
+
+#[test]
 fn absolute_path_lands_inside_dest() {
     if !require_root() {
         return;

@@ -10,7 +10,8 @@
 //!
 //! Path rules (the same as containerd's where it has one):
 //! - a leading `/` is dropped, so absolute names land inside `dest`;
-//! - `.` and empty components are ignored; any `..` component is an error;
+//! - `.` and empty components are ignored; any `..` component is an error,
+//!   and so is a name of `PATH_MAX` (4096) bytes or more;
 //! - a parent component that this same layer made a symlink or a non-directory
 //!   is an error; one that was already in `dest` (a lower layer, when applying
 //!   onto a tree) is replaced by a directory, which is what overlayfs shows
@@ -54,6 +55,9 @@ use xattr::FileExt as _;
 
 use super::{LayerError, OVERLAY_OPAQUE_XATTR, WHITEOUT_OPAQUE, WHITEOUT_PREFIX};
 use crate::digest::{Digest, Hasher};
+
+/// Linux's limit on a path name, terminating NUL included.
+const PATH_MAX: usize = 4096;
 
 /// Copy buffer for file contents; large enough to keep syscalls rare.
 const COPY_BUFFER: usize = 256 * 1024;
@@ -184,6 +188,11 @@ impl RelPath {
     /// Parses a name from a layer: a leading `/` is dropped (absolute names
     /// land inside the tree, as in containerd) and `..` is refused.
     pub(crate) fn parse(raw: &[u8]) -> Result<RelPath, &'static str> {
+        // Nothing could reach such a path by name, and its depth would only
+        // serve to exhaust the stack of recursive removal.
+        if raw.len() >= PATH_MAX {
+            return Err("path is longer than PATH_MAX");
+        }
         let mut path = PathBuf::new();
         for part in raw.split(|b| *b == b'/') {
             match part {
@@ -335,6 +344,7 @@ impl Tree {
     }
 
     pub(crate) fn begin_layer(&mut self) {
+        self.cached = None;
         self.written.clear();
         self.whiteouts.clear();
     }
@@ -856,7 +866,14 @@ impl Tree {
         for part in parts {
             prefix = prefix.join(&part);
             let next = match open_dir_at(&cur, &part) {
-                Ok(fd) => fd,
+                Ok(fd) => {
+                    // The layer implies this directory, so a whiteout of the
+                    // same layer must not remove it with what is below.
+                    if create && !self.written.contains(&prefix) {
+                        self.written.insert(prefix.clone());
+                    }
+                    fd
+                }
                 Err(Errno::ENOENT) if create => {
                     self.mkdir_at(&cur, &part, &prefix)?;
                     self.written.insert(prefix.clone());
@@ -892,7 +909,11 @@ impl Tree {
             };
             cur = Rc::new(next);
         }
-        self.cached = Some((path.clone(), cur.clone()));
+        // Only walks that marked their components as written may be reused
+        // by later walks that must.
+        if create {
+            self.cached = Some((path.clone(), cur.clone()));
+        }
         Ok(Some(cur))
     }
 
