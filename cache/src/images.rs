@@ -666,6 +666,14 @@ impl ImageStore {
     /// checking that the whole image is; names move from other images as a
     /// docker tag does. With no names, the image is kept unnamed.
     pub fn add(&self, manifest_digest: &Digest, names: &[ImageName]) -> Result<(), ImageError> {
+        // `app:1` and `docker.io/library/app:1` are one name: one entry.
+        let mut unique: Vec<ImageName> = Vec::with_capacity(names.len());
+        for n in names {
+            if !unique.contains(n) {
+                unique.push(n.clone());
+            }
+        }
+        let names = unique.as_slice();
         let parsed = self.check_complete(manifest_digest, &describe(names))?;
         let manifest_ref = BlobRef {
             media_type: parsed.media_type,

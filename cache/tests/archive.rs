@@ -924,3 +924,39 @@ fn export_spec_parses_buildx_syntax() {
         ExportKind::Tar
     );
 }
+
+#[test]
+fn one_image_under_two_names_is_written_once_with_both_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = new_store(dir.path(), "a");
+    let m = put_image(
+        &a,
+        &[(layer_tar(&[("f", Some(b"x"))]), Compression::Gzip)],
+        "1",
+        &["app:1", "app:2"],
+    );
+    let files = tar_files(&export_to_vec(
+        &DockerExporter::default(),
+        &a,
+        &["app:1", "app:2", "app:1"],
+    ));
+    let manifest: serde_json::Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
+    assert_eq!(manifest.as_array().unwrap().len(), 1);
+    assert_eq!(
+        manifest[0]["RepoTags"],
+        serde_json::json!(["app:1", "app:2"])
+    );
+    let index: serde_json::Value = serde_json::from_slice(&files["index.json"]).unwrap();
+    let entries = index["manifests"].as_array().unwrap();
+    assert_eq!(entries.len(), 2);
+    assert!(entries.iter().all(|e| e["digest"] == m.to_string()));
+
+    // Names that normalise to the same reference give one index entry.
+    let (archive, _) = docker_archive(
+        &[layer_tar(&[("g", Some(b"y"))])],
+        &["app:3", "docker.io/library/app:3"],
+    );
+    let b = new_store(dir.path(), "b");
+    import(&b, &archive).unwrap();
+    assert_eq!(index_entries(&b), 1);
+}

@@ -569,7 +569,24 @@ fn export_layout(
         return Err(ArchiveError::NoImages);
     }
     let store = images.store();
-    let prepared = items
+    // The same image asked for twice (by two names) is one entry with both names.
+    let mut merged: Vec<ExportImage> = Vec::with_capacity(items.len());
+    for item in items {
+        match merged
+            .iter_mut()
+            .find(|m| m.image.manifest_digest == item.image.manifest_digest)
+        {
+            Some(m) => {
+                for n in &item.names {
+                    if !m.names.contains(n) {
+                        m.names.push(n.clone());
+                    }
+                }
+            }
+            None => merged.push(item.clone()),
+        }
+    }
+    let prepared = merged
         .iter()
         .map(|i| prepare(store, i, opts))
         .collect::<Result<Vec<_>, _>>()?;

@@ -234,9 +234,16 @@ pub fn import_archive<R: Read + Send>(
     let store = images.store();
     let input = compression::decompressor(BufReader::with_capacity(256 * 1024, reader))?;
     let files = read_entries(store, input)?;
+    let docker = files.resolve("manifest.json").is_some();
     if files.resolve("index.json").is_some() {
-        import_oci(images, &files, opts)
-    } else if files.resolve("manifest.json").is_some() {
+        let loaded = import_oci(images, &files, opts)?;
+        // Some docker versions write an empty OCI index beside manifest.json.
+        if loaded.is_empty() && docker {
+            import_docker(images, files)
+        } else {
+            Ok(loaded)
+        }
+    } else if docker {
         import_docker(images, files)
     } else {
         Err(ArchiveError::NotAnArchive)
