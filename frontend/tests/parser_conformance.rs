@@ -409,6 +409,15 @@ fn heredoc_detection_edge_cases() {
     // An unterminated quote makes the lexer fail: no heredocs.
     let ast = parse_str("RUN <<EOF \"x\nFROM y\n");
     assert_eq!(ast.children.len(), 2);
+    // Upstream lexer quirk: a `${VAR` with a modifier loses the text before
+    // it in words mode, so this is no heredoc; a plain `${X}` is kept.
+    let ast = parse_str("RUN cat <<EOF${X:-}\nEOF\n");
+    assert_eq!(dump(&ast), "(run \"cat <<EOF${X:-}\")\n(eof \"\")\n");
+    let ast = parse_str("RUN cat <<EOF${X}\nbody\nEOF${X}\n");
+    assert_eq!(ast.children[0].heredocs[0].name, "EOF${X}");
+    assert_eq!(ast.children.len(), 1);
+    // Only digits may precede `<<`.
+    assert_eq!(parse_str("RUN a<<EOF\nEOF\n").children.len(), 2);
     // Two heredocs read their bodies in order.
     let ast = parse_str("COPY <<A 5<<\"B\" /d\na\nA\nb\nB\n");
     let got: Vec<_> = ast.children[0]

@@ -51,38 +51,51 @@ impl Kind {
     /// Looks the keyword up the way upstream does, after Go's
     /// `strings.ToLower` (so `WOR\u{212a}DIR`, with a Kelvin sign, is WORKDIR).
     pub(crate) fn of(keyword: &str) -> Kind {
-        const TABLE: [(&str, Kind); 18] = [
-            ("add", Kind::Add),
-            ("arg", Kind::Arg),
-            ("cmd", Kind::Cmd),
-            ("copy", Kind::Copy),
-            ("entrypoint", Kind::Entrypoint),
-            ("env", Kind::Env),
-            ("expose", Kind::Expose),
-            ("from", Kind::From),
-            ("healthcheck", Kind::Healthcheck),
-            ("label", Kind::Label),
-            ("maintainer", Kind::Maintainer),
-            ("onbuild", Kind::Onbuild),
-            ("run", Kind::Run),
-            ("shell", Kind::Shell),
-            ("stopsignal", Kind::Stopsignal),
-            ("user", Kind::User),
-            ("volume", Kind::Volume),
-            ("workdir", Kind::Workdir),
-        ];
-        if keyword.len() > 3 * "healthcheck".len() {
-            return Kind::Unknown;
-        }
-        let found = if keyword.is_ascii() {
-            TABLE
-                .iter()
-                .find(|(name, _)| keyword.eq_ignore_ascii_case(name))
+        // Keywords are short ASCII words; lower-case into a stack buffer to
+        // look them up without allocating.
+        let mut buf = [0u8; 11];
+        let lower: &[u8] = if keyword.is_ascii() {
+            if keyword.len() > buf.len() {
+                return Kind::Unknown;
+            }
+            for (d, s) in buf.iter_mut().zip(keyword.bytes()) {
+                *d = s.to_ascii_lowercase();
+            }
+            &buf[..keyword.len()]
         } else {
-            let lower: String = keyword.chars().map(go_lower_char).collect();
-            TABLE.iter().find(|(name, _)| lower == *name)
+            // Go's lower-casing maps a few non-ASCII letters to ASCII ones
+            // (KELVIN SIGN to `k`, U+0130 to `i`).
+            let mut n = 0;
+            for c in keyword.chars().map(go_lower_char) {
+                if !c.is_ascii() || n == buf.len() {
+                    return Kind::Unknown;
+                }
+                buf[n] = c as u8;
+                n += 1;
+            }
+            &buf[..n]
         };
-        found.map_or(Kind::Unknown, |&(_, kind)| kind)
+        match lower {
+            b"add" => Kind::Add,
+            b"arg" => Kind::Arg,
+            b"cmd" => Kind::Cmd,
+            b"copy" => Kind::Copy,
+            b"entrypoint" => Kind::Entrypoint,
+            b"env" => Kind::Env,
+            b"expose" => Kind::Expose,
+            b"from" => Kind::From,
+            b"healthcheck" => Kind::Healthcheck,
+            b"label" => Kind::Label,
+            b"maintainer" => Kind::Maintainer,
+            b"onbuild" => Kind::Onbuild,
+            b"run" => Kind::Run,
+            b"shell" => Kind::Shell,
+            b"stopsignal" => Kind::Stopsignal,
+            b"user" => Kind::User,
+            b"volume" => Kind::Volume,
+            b"workdir" => Kind::Workdir,
+            _ => Kind::Unknown,
+        }
     }
 
     /// RUN, COPY and ADD may carry heredocs.
@@ -127,7 +140,7 @@ pub(crate) fn node_from_line(line: &str, base: usize, escape: char) -> Result<No
         Kind::Arg => {
             node.next = parse_words(rest, escape)
                 .into_iter()
-                .map(|(_, w)| arg_owned(w))
+                .map(|(_, w)| arg(w))
                 .collect()
         }
         Kind::Env => node.next = name_values(rest, rest_base, "ENV", escape)?,
@@ -267,7 +280,7 @@ fn name_values(
                 base + at,
                 format!(
                     "can't find = in {}; must be of the form: name=value",
-                    super::dump::go_quote(&word)
+                    super::dump::go_quote(word)
                 ),
             ));
         };
@@ -280,7 +293,10 @@ fn name_values(
 
 /// BuildKit's `parseWords`: whitespace-separated words that keep their
 /// quotes and escapes; returns each word with its byte offset in `rest`.
-pub(crate) fn parse_words(rest: &str, escape: char) -> Vec<(usize, String)> {
+///
+/// Since quotes and escapes are kept, a word is always a contiguous piece of
+/// `rest`, except that an escape character ending the text is dropped.
+pub(crate) fn parse_words(rest: &str, escape: char) -> Vec<(usize, &str)> {
     #[derive(PartialEq)]
     enum Phase {
         Spaces,
@@ -289,11 +305,13 @@ pub(crate) fn parse_words(rest: &str, escape: char) -> Vec<(usize, String)> {
     }
     let mut words = Vec::new();
     let mut phase = Phase::Spaces;
-    let mut word = String::new();
     let mut start = 0;
     let mut quote = '\0';
     let mut blank_ok = false;
-    let mut chars = rest.char_indices().peekable();
+    // Where the current word ends (exclusive); lags behind when a trailing
+    // escape character is dropped.
+    let mut end = 0;
+    let mut chars = rest.char_indices();
     while let Some((pos, ch)) = chars.next() {
         if phase == Phase::Spaces {
             if ch.is_whitespace() {
@@ -301,12 +319,14 @@ pub(crate) fn parse_words(rest: &str, escape: char) -> Vec<(usize, String)> {
             }
             phase = Phase::Word;
             start = pos;
+            end = pos;
         }
+        let after = pos + ch.len_utf8();
         if phase == Phase::Word {
             if ch.is_whitespace() {
                 phase = Phase::Spaces;
-                if blank_ok || !word.is_empty() {
-                    words.push((start, std::mem::take(&mut word)));
+                if blank_ok || end > start {
+                    words.push((start, &rest[start..end]));
                 }
                 blank_ok = false;
                 continue;
@@ -317,17 +337,14 @@ pub(crate) fn parse_words(rest: &str, escape: char) -> Vec<(usize, String)> {
                 phase = Phase::Quote;
             }
             if ch == escape {
-                match chars.next() {
-                    // An escape at the very end is dropped.
-                    None => continue,
-                    Some((_, escaped)) => {
-                        word.push(ch);
-                        word.push(escaped);
-                    }
+                // The escaped character joins the word whatever it is; an
+                // escape at the very end is dropped.
+                if let Some((p, c)) = chars.next() {
+                    end = p + c.len_utf8();
                 }
                 continue;
             }
-            word.push(ch);
+            end = after;
             continue;
         }
         // Phase::Quote
@@ -336,21 +353,16 @@ pub(crate) fn parse_words(rest: &str, escape: char) -> Vec<(usize, String)> {
         }
         if ch == escape && quote != '\'' {
             match chars.next() {
-                None => {
-                    // Upstream ends the quote here; the word is kept below.
-                    break;
-                }
-                Some((_, escaped)) => {
-                    word.push(ch);
-                    word.push(escaped);
-                }
+                Some((p, c)) => end = p + c.len_utf8(),
+                // Upstream ends the quote here; the word is kept below.
+                None => break,
             }
             continue;
         }
-        word.push(ch);
+        end = after;
     }
-    if phase != Phase::Spaces && (blank_ok || !word.is_empty()) {
-        words.push((start, word));
+    if phase != Phase::Spaces && (blank_ok || end > start) {
+        words.push((start, &rest[start..end]));
     }
     words
 }
@@ -359,7 +371,7 @@ pub(crate) fn parse_words(rest: &str, escape: char) -> Vec<(usize, String)> {
 mod tests {
     use super::*;
 
-    fn words(s: &str) -> Vec<String> {
+    fn words(s: &str) -> Vec<&str> {
         parse_words(s, '\\').into_iter().map(|(_, w)| w).collect()
     }
 
@@ -375,11 +387,8 @@ mod tests {
         assert_eq!(words(r#""" x ''"#), [r#""""#, "x", "''"]);
         assert_eq!(words("\"unterminated x"), ["\"unterminated x"]);
         assert_eq!(words("a\u{a0}b\u{3000}c"), ["a", "b", "c"]);
-        assert_eq!(words("  "), Vec::<String>::new());
-        assert_eq!(
-            parse_words(" ab  cd", '\\'),
-            [(1, "ab".to_owned()), (5, "cd".to_owned())]
-        );
+        assert!(words("  ").is_empty());
+        assert_eq!(parse_words(" ab  cd", '\\'), [(1, "ab"), (5, "cd")]);
         assert_eq!(words("a`\"b c\" d"), ["a`\"b c\"", "d"]);
         let backtick: Vec<_> = parse_words("a`\"b c `", '`')
             .into_iter()
