@@ -186,7 +186,7 @@ pub struct InlineFile {
 /// One `RUN --mount`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecMount {
-    /// Absolute mount point.
+    /// Absolute mount point (empty for a secret exposed only through `env`).
     pub target: String,
     pub kind: ExecMountKind,
     /// Input slot of the state the mount reads (bind, or cache with `from=`).
@@ -267,8 +267,11 @@ pub struct CopyOp {
     /// Expected digest of a URL or git source (`ADD --checksum`).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub checksum: Option<String>,
-    /// Unpack local archives (ADD default) or, with `--unpack=true`, URLs.
-    pub unpack: bool,
+    /// `--unpack`: whether archives are unpacked. None (ADD without the
+    /// flag) means BuildKit's default: local archives are unpacked, downloads
+    /// are not. COPY never unpacks (`Some(false)`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub unpack: Option<bool>,
     pub keep_git_dir: bool,
 }
 
@@ -379,44 +382,6 @@ impl BuildGraph {
     /// The underlying petgraph graph (node index = [`VertexId`]).
     pub fn petgraph(&self) -> &DiGraph<Vertex, Edge> {
         &self.graph
-    }
-
-    /// Keeps only the vertices reachable from `roots` (through inputs) and
-    /// renumbers them, preserving order. Returns the map old id → new id.
-    pub(crate) fn retain_reachable(&mut self, roots: &[VertexId]) -> Vec<Option<VertexId>> {
-        let n = self.len();
-        let mut keep = vec![false; n];
-        let mut stack: Vec<VertexId> = roots.to_vec();
-        while let Some(v) = stack.pop() {
-            if keep[v] {
-                continue;
-            }
-            keep[v] = true;
-            stack.extend(self.vertex(v).inputs.iter().copied());
-        }
-        let mut map = vec![None; n];
-        let mut next = 0;
-        for (i, k) in keep.iter().enumerate() {
-            if *k {
-                map[i] = Some(next);
-                next += 1;
-            }
-        }
-        let mut out = BuildGraph::new();
-        for (i, k) in keep.iter().enumerate() {
-            if !*k {
-                continue;
-            }
-            let mut v = self.vertex(i).clone();
-            v.inputs = v
-                .inputs
-                .iter()
-                .map(|x| map[*x].expect("input of a kept vertex is kept"))
-                .collect();
-            out.add(v);
-        }
-        *self = out;
-        map
     }
 
     /// Graphviz DOT: vertices labelled with their description and op kind,
@@ -585,27 +550,6 @@ mod tests {
         let dot = g.to_dot();
         assert!(dot.contains("v0 -> v2 [label=\"0\"]"), "{dot}");
         assert!(dot.contains("v1 -> v2 [label=\"1\"]"), "{dot}");
-    }
-
-    #[test]
-    fn retain_reachable_drops_and_renumbers() {
-        let mut g = BuildGraph::new();
-        let a = g.add(vertex(Op::Scratch, vec![], "a"));
-        let _unused = g.add(vertex(Op::Scratch, vec![], "unused"));
-        let c = g.add(vertex(
-            Op::Mkdir(MkdirOp {
-                path: "/".into(),
-                mode: 0o755,
-                user: None,
-            }),
-            vec![a],
-            "c",
-        ));
-        let map = g.retain_reachable(&[c]);
-        assert_eq!(map, vec![Some(0), None, Some(1)]);
-        assert_eq!(g.len(), 2);
-        assert_eq!(g.vertex(1).inputs, vec![0]);
-        assert_eq!(g.edges(), vec![(0, 1, 0)]);
     }
 
     #[test]

@@ -4,6 +4,8 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
+mod graph;
+
 #[derive(Subcommand, Debug)]
 pub(crate) enum DebugCommand {
     /// Print BuildKit's AST dump of a Dockerfile.
@@ -11,10 +13,33 @@ pub(crate) enum DebugCommand {
         /// The Dockerfile (`-` reads standard input).
         file: std::path::PathBuf,
     },
+    /// Print the build graph of a Dockerfile (base images are not resolved).
+    Graph {
+        /// The Dockerfile, relative to the current directory (default: CONTEXT/Dockerfile; `-` reads stdin).
+        #[arg(short = 'f', long = "file")]
+        file: Option<std::path::PathBuf>,
+        /// The stage to build (default: the last one).
+        #[arg(long)]
+        target: Option<String>,
+        /// A build argument, `KEY=VALUE`, or `KEY` to take the value from the environment.
+        #[arg(long = "build-arg", value_name = "KEY[=VALUE]")]
+        build_args: Vec<String>,
+        /// The platform to build for (default: linux/amd64).
+        #[arg(long)]
+        platform: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = graph::GraphFormat::Dot)]
+        format: graph::GraphFormat,
+        /// The build context directory.
+        context: std::path::PathBuf,
+    },
 }
 
 pub(crate) fn run(cmd: DebugCommand) -> anyhow::Result<ExitCode> {
     match cmd {
+        DebugCommand::Graph { file, target, build_args, platform, format, context } => {
+            graph::run(graph::GraphArgs { file, target, build_args, platform, format, context })
+        }
         DebugCommand::Ast { file } => {
             use anyhow::Context as _;
             use std::io::{Read as _, Write as _};

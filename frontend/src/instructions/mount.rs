@@ -345,6 +345,14 @@ fn validate(m: &mut Mount, ro_auto: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// The `from=` value of a mount, read without expanding anything.
+pub(crate) fn raw_from(value: &str) -> Option<String> {
+    split_csv(value).ok()?.into_iter().find_map(|f| {
+        let (k, v) = f.split_once('=')?;
+        k.eq_ignore_ascii_case("from").then(|| v.to_string())
+    })
+}
+
 /// `$` followed by anything: the mount's `from` names a stage literally.
 fn has_variable(v: &str) -> bool {
     v.find('$').is_some_and(|i| i + 1 < v.len())
