@@ -22,12 +22,30 @@ pub(crate) enum Command {
     /// Inspect how builder reads a Dockerfile.
     #[command(subcommand)]
     Debug(cmd::debug::DebugCommand),
+    /// List images.
+    Images(cmd::images::ImagesArgs),
+    /// Create a name that refers to an image.
+    Tag(cmd::tag::TagArgs),
+    /// Remove image names (blobs stay until prune).
+    Rmi(cmd::rmi::RmiArgs),
+    /// Show an image's manifest, config, digest and ID as JSON.
+    Inspect(cmd::inspect::InspectArgs),
+    /// Load images from an OCI layout tarball or a docker archive.
+    Load(cmd::load::LoadArgs),
+    /// Save images to a tarball (an OCI layout that docker load reads too).
+    Save(cmd::save::SaveArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Debug(c) => cmd::debug::run(c),
+        Command::Images(a) => cmd::images::run(&cli.root, a),
+        Command::Tag(a) => cmd::tag::run(&cli.root, a),
+        Command::Rmi(a) => cmd::rmi::run(&cli.root, a),
+        Command::Inspect(a) => cmd::inspect::run(&cli.root, a),
+        Command::Load(a) => cmd::load::run(&cli.root, a),
+        Command::Save(a) => cmd::save::run(&cli.root, a),
     };
     match result {
         Ok(code) => code,

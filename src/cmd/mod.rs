@@ -1,3 +1,9 @@
 //! One module per subcommand.
 
 pub(crate) mod debug;
+pub(crate) mod images;
+pub(crate) mod inspect;
+pub(crate) mod load;
+pub(crate) mod rmi;
+pub(crate) mod save;
+pub(crate) mod tag;
