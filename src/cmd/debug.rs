@@ -48,7 +48,9 @@ pub(crate) fn run(cmd: DebugCommand) -> anyhow::Result<ExitCode> {
                 std::io::stdin()
                     .read_to_end(&mut buf)
                     .context("reading the Dockerfile from stdin")?;
-                ("-".to_owned(), buf)
+                // As docker does for `-f -`, a Dockerfile read from stdin
+                // is named `Dockerfile` in messages.
+                ("Dockerfile".to_owned(), buf)
             } else {
                 let buf =
                     std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
