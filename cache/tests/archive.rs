@@ -514,7 +514,7 @@ fn docker_layer_that_does_not_match_its_diff_id_is_refused() {
     for size in [100, 3 << 20] {
         let store = new_store(dir.path(), &format!("s{size}"));
         let good = layer_tar(&[("f", Some(&noise(size, 3)))]);
-        let (mut archive, _) = docker_archive(&[good.clone()], &["app:1"]);
+        let (mut archive, _) = docker_archive(std::slice::from_ref(&good), &["app:1"]);
         // Flip a byte of the file's content inside the archive.
         let at = archive
             .windows(16)

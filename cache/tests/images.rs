@@ -296,7 +296,7 @@ fn an_image_with_a_missing_blob_is_never_named() {
         digest: Digest::of(config),
         size: config.len() as u64,
     };
-    let manifest = images::oci_manifest(&config_ref, &[absent.clone()]).unwrap();
+    let manifest = images::oci_manifest(&config_ref, std::slice::from_ref(&absent)).unwrap();
     let err = images
         .put(&manifest, config, &["app:1".parse().unwrap()])
         .unwrap_err();

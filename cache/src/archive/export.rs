@@ -364,7 +364,7 @@ pub fn recompress(
         })?;
     }
     // Drain what the decompressor did not need (padding) so the whole blob is hashed.
-    io::copy(&mut source, &mut io::sink()).map_err(|e| ArchiveError::Stream(e))?;
+    io::copy(&mut source, &mut io::sink()).map_err(ArchiveError::Stream)?;
     let actual = source.hasher.finish();
     if actual != layer.digest {
         return Err(ArchiveError::CorruptBlob {
