@@ -1,1 +1,3 @@
 //! solver crate (see ARCHITECTURE.md).
+
+pub mod sandbox;
