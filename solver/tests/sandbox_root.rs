@@ -743,6 +743,32 @@ fn per_run_state_is_removed_whatever_the_outcome() {
 }
 
 #[test]
+fn durable_mode_gives_the_same_upperdir() {
+    let f = fixture!();
+    let executor = LinuxExecutor::new(f.base.join(unique("durable-state")))
+        .unwrap()
+        .durable(true);
+    let spec = f.sh("echo kept > /kept && rm /etc/motd");
+    let outcome = executor
+        .run(&spec, StepIo::null(), &CancelHandle::new())
+        .unwrap();
+    assert!(outcome.termination.success());
+    let upper = tree(&spec.rootfs.upperdir);
+    assert_eq!(
+        upper.keys().collect::<Vec<_>>(),
+        vec!["etc", "etc/motd", "kept"]
+    );
+    // The default volatile mount leaves no marker either, so an upperdir
+    // and workdir can serve several steps in a row.
+    let spec = f.sh("echo one >> /log");
+    f.run(&spec).assert_ok();
+    assert!(!spec.rootfs.workdir.join("work/incompat").exists());
+    f.run(&spec).assert_ok();
+    let log = fs::read_to_string(spec.rootfs.upperdir.join("log")).unwrap();
+    assert_eq!(log, "one\none\n");
+}
+
+#[test]
 fn invalid_specs_are_rejected_before_anything_runs() {
     let f = fixture!();
     let mut spec = f.spec(&["true"]);
