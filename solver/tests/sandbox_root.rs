@@ -719,7 +719,7 @@ fn a_hundred_and_thirty_lowerdirs_mount_and_the_top_most_wins() {
 }
 
 #[test]
-fn per_run_state_is_removed_whatever_the_outcome() {
+fn runs_leave_no_state_behind_whatever_the_outcome() {
     let f = fixture!();
     let state = f.base.join(unique("own-state"));
     let executor = LinuxExecutor::new(&state).unwrap();
@@ -735,11 +735,41 @@ fn per_run_state_is_removed_whatever_the_outcome() {
     let mut spec = f.spec(&["true"]);
     spec.user = "ghost".parse().unwrap();
     assert!(run(&spec).is_err());
-    let left: Vec<_> = fs::read_dir(&state)
+    // The mountpoint is only ever used inside the steps' own namespaces,
+    // and one cached skeleton served all three steps.
+    assert!(fs::read_dir(state.join("mnt")).unwrap().next().is_none());
+    let skeletons: Vec<_> = fs::read_dir(state.join("skeletons"))
         .unwrap()
-        .map(|e| e.unwrap().file_name())
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert!(left.is_empty(), "state left behind: {left:?}");
+    assert_eq!(skeletons.len(), 1, "{skeletons:?}");
+    assert!(skeletons[0].starts_with("v1-etc-"), "{skeletons:?}");
+}
+
+#[test]
+fn nothing_is_mounted_in_the_hosts_namespace() {
+    let f = fixture!();
+    let spec = f.sh("echo ready; sleep 0.5");
+    let upper = spec.rootfs.upperdir.to_string_lossy().into_owned();
+    let mut host_mounts = None;
+    let mut sink = LineSink::new(|line: &[u8]| {
+        if line == b"ready" {
+            host_mounts = Some(fs::read_to_string("/proc/self/mountinfo").unwrap());
+        }
+    });
+    let outcome = f
+        .executor
+        .run(&spec, StepIo::combined(&mut sink), &CancelHandle::new())
+        .unwrap();
+    drop(sink);
+    assert!(outcome.termination.success());
+    let host_mounts = host_mounts.expect("no output while the step ran");
+    for needle in [upper.as_str(), "sandbox_root/state"] {
+        assert!(
+            !host_mounts.contains(needle),
+            "{needle} in host mounts:\n{host_mounts}"
+        );
+    }
 }
 
 #[test]

@@ -30,6 +30,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::mem;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::ptr;
 use std::sync::Arc;
@@ -41,7 +42,7 @@ use nix::sys::signal::Signal;
 
 use super::caps::DOCKER_DEFAULT_CAPS;
 use super::env::{DEFAULT_PATH, command_candidates, env_get, validate, with_process_defaults};
-use super::mounts::{self, ETC_FILES, Op, PlanInput};
+use super::mounts::{self, ETC_FILES, Op, PlanInput, Skeleton};
 use super::rootfs;
 use super::user::{self, ResolvedUser};
 use super::{
@@ -63,21 +64,31 @@ const FALLBACK_RESOLV_CONF: &str = "nameserver 8.8.8.8\nnameserver 8.8.4.4\n";
 /// `waitpid(-1)` or set SIGCHLD to SIG_IGN.
 #[derive(Debug, Clone)]
 pub struct LinuxExecutor {
-    state_dir: PathBuf,
+    /// An empty directory each step mounts its tmpfs on, inside its own
+    /// mount namespace.
+    mountpoint: PathBuf,
+    /// Cached skeleton layers (see `mounts.rs`).
+    skeletons: PathBuf,
     resolv_conf: Option<String>,
     cap_last: u8,
     durable: bool,
 }
 
 impl LinuxExecutor {
-    /// An executor keeping per-run state (a few small files, removed after
-    /// each run) under `state_dir`, e.g. `$BUILDER_ROOT/tmp/sandbox`.
-    pub fn new(state_dir: impl Into<PathBuf>) -> Result<Self, SandboxError> {
-        let state_dir = state_dir.into();
-        fs::create_dir_all(&state_dir).map_err(|source| SandboxError::State {
-            path: state_dir.clone(),
-            source,
-        })?;
+    /// An executor keeping its state under `state_dir`, e.g.
+    /// `$BUILDER_ROOT/sandbox`: an empty mountpoint directory and the
+    /// cached skeleton layers, a few empty files each. A step writes nothing
+    /// there; its own state lives on a tmpfs that disappears with it.
+    pub fn new(state_dir: impl AsRef<Path>) -> Result<Self, SandboxError> {
+        let state_dir = state_dir.as_ref();
+        let mountpoint = state_dir.join("mnt");
+        let skeletons = state_dir.join("skeletons");
+        for dir in [&mountpoint, &skeletons] {
+            fs::create_dir_all(dir).map_err(|source| SandboxError::State {
+                path: dir.clone(),
+                source,
+            })?;
+        }
         // Older kernels reject dropping capabilities they do not know; 40 is
         // CAP_CHECKPOINT_RESTORE, the last one as of Linux 6.18.
         let cap_last = fs::read_to_string("/proc/sys/kernel/cap_last_cap")
@@ -85,7 +96,8 @@ impl LinuxExecutor {
             .and_then(|text| text.trim().parse().ok())
             .unwrap_or(40);
         Ok(Self {
-            state_dir,
+            mountpoint,
+            skeletons,
             resolv_conf: None,
             cap_last,
             durable: false,
@@ -140,16 +152,24 @@ impl Executor for LinuxExecutor {
             return Err(SandboxError::Cancelled);
         }
         check_spec(spec, &io)?;
-        let run_dir = RunDir::create(&self.state_dir)?;
         let lowers_top_first: Vec<PathBuf> = spec.rootfs.lowerdirs.iter().rev().cloned().collect();
-        let skeleton = mounts::build_skeleton(&run_dir.skel, &lowers_top_first)
-            .map_err(|source| run_dir.error(source))?;
-        self.write_etc_files(&run_dir, spec)?;
-
+        let skeleton = Skeleton::for_layers(&lowers_top_first);
+        let scratch = format!(
+            "{}-{}",
+            std::process::id(),
+            RUNS.fetch_add(1, Ordering::Relaxed)
+        );
+        let skel = skeleton
+            .ensure(&self.skeletons, &scratch)
+            .map_err(|source| SandboxError::State {
+                path: self.skeletons.clone(),
+                source,
+            })?;
+        let state = self.state_tmpfs(spec, skeleton.etc_files())?;
         // Declared before the overlay so that it runs after the overlay fd,
         // the mount's last reference, has been dropped.
         let _volatile_mark = (!self.durable).then(|| VolatileMark(spec.rootfs.workdir.clone()));
-        let overlay = mount_overlay(&run_dir.skel, &lowers_top_first, spec, self.durable)?;
+        let overlay = mount_overlay(&skel, &lowers_top_first, spec, self.durable)?;
         let user = resolve_user(overlay.as_fd(), spec)?;
         // Cleaned as docker cleans WORKDIR, so that `/a/../b` needs no `/a`.
         let cwd = format!("/{}", rootfs::clean_components(&spec.cwd).join("/"));
@@ -161,8 +181,10 @@ impl Executor for LinuxExecutor {
         })?;
 
         let ops = mounts::plan(&PlanInput {
-            root: &run_dir.root,
-            etc_source: skeleton.etc_files.then_some(run_dir.etc.as_path()),
+            mountpoint: &self.mountpoint,
+            state_fd: state.as_raw_fd(),
+            overlay_fd: overlay.as_raw_fd(),
+            etc_files: skeleton.etc_files(),
             hostname: &spec.hostname,
             network: spec.network,
             cwd: &cwd,
@@ -181,7 +203,6 @@ impl Executor for LinuxExecutor {
         let (sync_read, sync_write) = pipe().map_err(spawn_error("sync pipe"))?;
         let child = ChildContext {
             ops: &ops,
-            overlay: overlay.as_raw_fd(),
             report: err_write.as_raw_fd(),
             sync_read: sync_read.as_raw_fd(),
             sync_write: sync_write.as_raw_fd(),
@@ -221,7 +242,7 @@ impl Executor for LinuxExecutor {
         let status = events.status;
         if let Some(failure) = events.failure {
             if failure.step != STEP_EXEC {
-                let step = describe_step(failure.step, &ops, &run_dir.root);
+                let step = describe_step(failure.step, &ops, &mounts::root_of(&self.mountpoint));
                 if cancel.is_cancelled() {
                     return Err(SandboxError::Cancelled);
                 }
@@ -291,77 +312,43 @@ fn check_spec(spec: &RunSpec, io: &StepIo<'_>) -> Result<(), SandboxError> {
     Ok(())
 }
 
-/// Per-run state under the executor's state directory, removed on drop.
-struct RunDir {
-    path: PathBuf,
-    /// The overlay's mountpoint in the child's mount namespace; an empty
-    /// directory in the host's.
-    root: PathBuf,
-    /// The skeleton lowerdir (see `mounts.rs`).
-    skel: PathBuf,
-    /// Sources of the /etc bind mounts.
-    etc: PathBuf,
-}
-
 static RUNS: AtomicU64 = AtomicU64::new(0);
 
-impl RunDir {
-    fn create(state_dir: &Path) -> Result<Self, SandboxError> {
-        let n = RUNS.fetch_add(1, Ordering::Relaxed);
-        let path = state_dir.join(format!("run-{}-{n}", std::process::id()));
-        let error = |source| SandboxError::State {
-            path: path.clone(),
-            source,
-        };
-        if let Err(err) = fs::create_dir(&path) {
-            if err.kind() != io::ErrorKind::AlreadyExists {
-                return Err(error(err));
-            }
-            // Left by an earlier process with the same pid that died
-            // mid-run; nothing was ever mounted there in this namespace.
-            fs::remove_dir_all(&path).map_err(error)?;
-            fs::create_dir(&path).map_err(error)?;
-        }
-        let dir = Self {
-            root: path.join("root"),
-            skel: path.join("skel"),
-            etc: path.join("etc"),
-            path,
-        };
-        for sub in [&dir.root, &dir.skel, &dir.etc] {
-            fs::create_dir(sub).map_err(|source| dir.error(source))?;
-        }
-        Ok(dir)
-    }
-
-    fn error(&self, source: io::Error) -> SandboxError {
-        SandboxError::State {
-            path: self.path.clone(),
-            source,
-        }
-    }
-}
-
-impl Drop for RunDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.path);
-    }
-}
-
 impl LinuxExecutor {
-    fn write_etc_files(&self, run_dir: &RunDir, spec: &RunSpec) -> Result<(), SandboxError> {
-        let mut hosts = format!(
-            "127.0.0.1\tlocalhost {}\n::1\tlocalhost ip6-localhost ip6-loopback\n",
-            spec.hostname
-        );
-        for (name, ip) in &spec.extra_hosts {
-            hosts.push_str(&format!("{ip}\t{name}\n"));
+    /// The per-run tmpfs: an empty `root` (where the child attaches the
+    /// overlay) and, if the image can take them, the /etc files' contents.
+    /// It is a detached mount, so it vanishes with the run, crash or not.
+    fn state_tmpfs(&self, spec: &RunSpec, etc_files: bool) -> Result<OwnedFd, SandboxError> {
+        let context = FsContext::open(c"tmpfs")?;
+        context.set(c"mode", c"0755")?;
+        context.set(c"size", c"1m")?;
+        let fd = context
+            .mount(libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_NOEXEC)?;
+        // Ordinary file calls reach a detached mount through its fd's
+        // magic link.
+        let base = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        let error = |source| SandboxError::State {
+            path: "sandbox tmpfs".into(),
+            source,
+        };
+        fs::create_dir(base.join("root")).map_err(error)?;
+        if etc_files {
+            let mut hosts = format!(
+                "127.0.0.1\tlocalhost {}\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+                spec.hostname
+            );
+            for (name, ip) in &spec.extra_hosts {
+                hosts.push_str(&format!("{ip}\t{name}\n"));
+            }
+            let contents = [self.resolv_conf(), hosts, format!("{}\n", spec.hostname)];
+            fs::create_dir(base.join("etc")).map_err(error)?;
+            for (name, text) in ETC_FILES.iter().zip(contents) {
+                let path = base.join("etc").join(name);
+                fs::write(&path, text).map_err(error)?;
+                fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).map_err(error)?;
+            }
         }
-        let contents = [self.resolv_conf(), hosts, format!("{}\n", spec.hostname)];
-        for (name, text) in ETC_FILES.iter().zip(contents) {
-            fs::write(run_dir.etc.join(name), text).map_err(|source| run_dir.error(source))?;
-        }
-        Ok(())
+        Ok(fd)
     }
 }
 
@@ -477,130 +464,136 @@ fn mount_overlay(
     spec: &RunSpec,
     durable: bool,
 ) -> Result<OwnedFd, SandboxError> {
-    let fs_name = c"overlay";
-    // SAFETY: fsopen takes a NUL-terminated name and flags; it returns a new
-    // fd we own or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_fsopen, fs_name.as_ptr(), FSOPEN_CLOEXEC) };
-    if fd < 0 {
-        return Err(SandboxError::Overlay {
-            detail: "fsopen".into(),
-            source: Errno::last(),
-        });
-    }
-    // SAFETY: fsopen returned a fresh fd that nothing else owns.
-    let context = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
-    let set = |key: &CStr, value: &Path| -> Result<(), SandboxError> {
-        let value = CString::new(value.as_os_str().as_encoded_bytes())
-            .map_err(|_| invalid(format!("path {} contains a nul byte", value.display())))?;
-        fsconfig(&context, FSCONFIG_SET_STRING, key, Some(&value)).map_err(|source| {
-            SandboxError::Overlay {
-                detail: format!(
-                    "{} {}{}",
-                    key.to_string_lossy(),
-                    value.to_string_lossy(),
-                    context_log(&context)
-                ),
-                source,
-            }
-        })
+    let context = FsContext::open(c"overlay")?;
+    let path = |path: &Path| {
+        CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(|_| invalid(format!("path {} contains a nul byte", path.display())))
     };
-    set(c"lowerdir+", skel)?;
+    context.set(c"lowerdir+", &path(skel)?)?;
     for lower in lowers_top_first {
-        set(c"lowerdir+", lower)?;
+        context.set(c"lowerdir+", &path(lower)?)?;
     }
-    set(c"upperdir", &spec.rootfs.upperdir)?;
-    set(c"workdir", &spec.rootfs.workdir)?;
+    context.set(c"upperdir", &path(&spec.rootfs.upperdir)?)?;
+    context.set(c"workdir", &path(&spec.rootfs.workdir)?)?;
     // The upperdir must be a plain diff of the step: no redirect xattrs for
     // renamed directories, no metadata-only copy-ups that point into a
     // lower layer, no inode index tying the layers to this mount.
-    for (key, value) in [
-        (c"redirect_dir", c"off"),
-        (c"metacopy", c"off"),
-        (c"index", c"off"),
-    ] {
-        fsconfig(&context, FSCONFIG_SET_STRING, key, Some(value)).map_err(|source| {
-            SandboxError::Overlay {
-                detail: format!("{}={}", key.to_string_lossy(), value.to_string_lossy()),
-                source,
-            }
-        })?;
-    }
+    context.set(c"redirect_dir", c"off")?;
+    context.set(c"metacopy", c"off")?;
+    context.set(c"index", c"off")?;
     if !durable {
-        fsconfig(&context, FSCONFIG_SET_FLAG, c"volatile", None).map_err(|source| {
-            SandboxError::Overlay {
-                detail: format!("volatile{}", context_log(&context)),
-                source,
-            }
-        })?;
+        context.flag(c"volatile")?;
     }
-    // SAFETY: plain fsconfig command on the context fd; no pointers.
-    let created = unsafe {
-        libc::syscall(
-            libc::SYS_fsconfig,
-            context.as_raw_fd(),
-            FSCONFIG_CMD_CREATE,
-            ptr::null::<libc::c_char>(),
-            ptr::null::<libc::c_void>(),
-            0,
-        )
-    };
-    if created < 0 {
-        let source = Errno::last();
-        return Err(SandboxError::Overlay {
-            detail: format!("create{}", context_log(&context)),
-            source,
-        });
-    }
-    // SAFETY: fsmount on a created context returns a new fd we own or -1.
-    let mount =
-        unsafe { libc::syscall(libc::SYS_fsmount, context.as_raw_fd(), FSMOUNT_CLOEXEC, 0) };
-    if mount < 0 {
-        return Err(SandboxError::Overlay {
-            detail: "fsmount".into(),
-            source: Errno::last(),
-        });
-    }
-    // SAFETY: fsmount returned a fresh fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(mount as RawFd) })
+    context.mount(0)
 }
 
-fn fsconfig(
-    context: &OwnedFd,
-    command: libc::c_uint,
-    key: &CStr,
-    value: Option<&CStr>,
-) -> Result<(), Errno> {
-    // SAFETY: key and value are NUL-terminated strings (value may be null
-    // for a flag) that outlive the call; the kernel copies them.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_fsconfig,
-            context.as_raw_fd(),
-            command,
-            key.as_ptr(),
-            value.map_or(ptr::null(), CStr::as_ptr),
-            0,
-        )
-    };
-    if ret < 0 { Err(Errno::last()) } else { Ok(()) }
+/// A filesystem being configured with the new mount API (`fsopen`,
+/// `fsconfig`, `fsmount`), which yields a detached mount: nothing appears
+/// in any mount table until someone attaches it.
+struct FsContext {
+    fd: OwnedFd,
+    fstype: &'static str,
 }
 
-/// The kernel's own explanation of an fsconfig failure, which it queues on
-/// the context fd ("e overlayfs: ..."), formatted as `: msg; msg`.
-fn context_log(context: &OwnedFd) -> String {
-    let mut messages = Vec::new();
-    let mut buf = [0u8; 1024];
-    while let Ok(n) = nix::unistd::read(context, &mut buf) {
-        if n == 0 {
-            break;
+impl FsContext {
+    fn open(fstype: &'static CStr) -> Result<Self, SandboxError> {
+        // SAFETY: fsopen takes a NUL-terminated name and flags; it returns a
+        // new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), FSOPEN_CLOEXEC) };
+        let fstype = fstype.to_str().unwrap_or("filesystem");
+        if fd < 0 {
+            return Err(SandboxError::Mount {
+                what: format!("{fstype} (fsopen)"),
+                source: Errno::last(),
+            });
         }
-        let text = String::from_utf8_lossy(&buf[..n]);
-        messages.push(text.get(2..).unwrap_or(&text).trim().to_owned());
+        // SAFETY: fsopen returned a fresh fd that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+        Ok(Self { fd, fstype })
     }
-    if messages.is_empty() {
-        String::new()
-    } else {
-        format!(": {}", messages.join("; "))
+
+    fn set(&self, key: &CStr, value: &CStr) -> Result<(), SandboxError> {
+        self.config(FSCONFIG_SET_STRING, Some(key), Some(value))
+    }
+
+    fn flag(&self, key: &CStr) -> Result<(), SandboxError> {
+        self.config(FSCONFIG_SET_FLAG, Some(key), None)
+    }
+
+    /// Creates the filesystem and returns a detached mount of it with the
+    /// `MOUNT_ATTR_*` flags `attrs`.
+    fn mount(self, attrs: u64) -> Result<OwnedFd, SandboxError> {
+        self.config(FSCONFIG_CMD_CREATE, None, None)?;
+        // SAFETY: fsmount with integer arguments on a created context
+        // returns a new fd or -1.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_fsmount,
+                self.fd.as_raw_fd(),
+                FSMOUNT_CLOEXEC,
+                attrs,
+            )
+        };
+        if fd < 0 {
+            return Err(self.error("fsmount".into(), Errno::last()));
+        }
+        // SAFETY: fsmount returned a fresh fd that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    }
+
+    fn config(
+        &self,
+        command: libc::c_uint,
+        key: Option<&CStr>,
+        value: Option<&CStr>,
+    ) -> Result<(), SandboxError> {
+        // SAFETY: key and value are NUL-terminated strings or null (as the
+        // command allows); the kernel copies them during the call.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                self.fd.as_raw_fd(),
+                command,
+                key.map_or(ptr::null(), CStr::as_ptr),
+                value.map_or(ptr::null(), CStr::as_ptr),
+                0,
+            )
+        };
+        if ret >= 0 {
+            return Ok(());
+        }
+        let source = Errno::last();
+        let what = match (key, value) {
+            (Some(key), Some(value)) => {
+                format!("{} {}", key.to_string_lossy(), value.to_string_lossy())
+            }
+            (Some(key), None) => key.to_string_lossy().into_owned(),
+            _ => "create".to_owned(),
+        };
+        Err(self.error(what, source))
+    }
+
+    /// The error, with the kernel's own explanation, which it queues on the
+    /// context fd ("e overlayfs: ...") rather than returning.
+    fn error(&self, what: String, source: Errno) -> SandboxError {
+        let mut messages = Vec::new();
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = nix::unistd::read(&self.fd, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            let text = String::from_utf8_lossy(&buf[..n]);
+            messages.push(text.get(2..).unwrap_or(&text).trim().to_owned());
+        }
+        let log = if messages.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", messages.join("; "))
+        };
+        SandboxError::Mount {
+            what: format!("{} ({what}{log})", self.fstype),
+            source,
+        }
     }
 }
 
@@ -955,7 +948,6 @@ fn describe_step(step: u32, ops: &[Op], root: &Path) -> String {
 /// it (its copy of the parent's memory).
 struct ChildContext<'a> {
     ops: &'a [Op],
-    overlay: RawFd,
     report: RawFd,
     sync_read: RawFd,
     sync_write: RawFd,
@@ -1103,7 +1095,7 @@ fn run_op(child: &ChildContext<'_>, op: &Op) -> Result<(), i32> {
     match op {
         Op::MakeRootPrivate => sys::mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None),
         Op::LoopbackUp => sys::loopback_up(&child.loopback),
-        Op::AttachRoot { target } => sys::move_mount(child.overlay, target),
+        Op::Attach { fd, target, .. } => sys::move_mount(*fd, target),
         Op::Mount {
             source,
             target,

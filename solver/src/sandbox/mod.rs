@@ -320,9 +320,9 @@ pub enum SandboxError {
         #[source]
         source: io::Error,
     },
-    #[error("mount overlay root ({detail})")]
-    Overlay {
-        detail: String,
+    #[error("mount {what}")]
+    Mount {
+        what: String,
         #[source]
         source: Errno,
     },

@@ -8,20 +8,30 @@
 //! Mountpoints and upperdir hygiene: `/proc`, `/dev`, `/sys`,
 //! `/etc/resolv.conf`, `/etc/hosts` and `/etc/hostname` need something to
 //! mount on, and the image may lack them. Creating them in the merged root
-//! would put them in the upperdir, i.e. in the layer. Instead each run gets
-//! a tiny skeleton directory holding exactly those entries, stacked as the
+//! would put them in the upperdir, i.e. in the layer. Instead a tiny
+//! skeleton directory holding exactly those entries is stacked as the
 //! top-most lowerdir: the merged root then always has the mountpoints, the
 //! upperdir only ever receives what the step itself writes, and nothing has
-//! to be cleaned up afterwards. Skeleton directories copy mode, owner and
-//! mtime from the image's own directory, if any, so `/etc` keeps its
-//! attributes when the step copies it up.
+//! to be cleaned up afterwards. The skeleton's `/etc` copies mode, owner and
+//! mtime from the image's own `/etc`, so `/etc` keeps its attributes, also
+//! when the step copies it up. Skeletons are immutable and cached under a
+//! name made of exactly those attributes (a build needs a handful), so a
+//! step creates nothing on disk for them.
+//!
+//! Where things are in the child's private mount namespace: a per-run tmpfs
+//! holding the /etc files' contents is attached on the executor's mountpoint
+//! directory `M`, the overlay on `M/root`; the /etc files are bound from
+//! `M/etc/*` onto `M/root/etc/*`; then `pivot_root` into `M/root`. None of
+//! it is visible in the host's mount namespace.
 
 use std::ffi::{CString, NulError};
 use std::fs::{self, File, FileTimes, Metadata};
 use std::io;
+use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, UNIX_EPOCH};
 
 use super::NetworkMode;
 
@@ -89,50 +99,117 @@ fn top_most(lowers_top_first: &[PathBuf], name: &str) -> Option<Metadata> {
     None
 }
 
-/// What the skeleton provides.
+/// Mode, owner and mtime of the image's `/etc`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Skeleton {
-    /// Whether `/etc/{resolv.conf,hosts,hostname}` can be bound in. Not when
-    /// the image's `/etc` is something other than a directory (a symlink,
-    /// say): a skeleton `/etc` directory would hide it entirely.
-    pub(crate) etc_files: bool,
+pub(crate) struct DirAttrs {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: i64,
+    mtime_nsec: i64,
 }
 
-/// Fills the empty directory `skel` with the mountpoints, given the image's
-/// lowerdirs top first.
-pub(crate) fn build_skeleton(skel: &Path, lowers_top_first: &[PathBuf]) -> io::Result<Skeleton> {
-    for name in MOUNT_DIRS {
-        let dir = skel.join(name);
-        fs::DirBuilder::new().create(&dir)?;
-        take_attributes(&dir, top_most(lowers_top_first, name).as_ref())?;
+/// Which skeleton a root needs; it depends only on the image's `/etc`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Skeleton {
+    /// The image has no `/etc`: a plain 0755 one holds the mountpoints.
+    NoEtc,
+    /// The image's `/etc` is a directory with these attributes.
+    Etc(DirAttrs),
+    /// The image's `/etc` is something else (a symlink, say). A skeleton
+    /// `/etc` directory would hide it entirely, so the /etc files are not
+    /// bound in.
+    EtcNotADirectory,
+}
+
+impl Skeleton {
+    /// The skeleton for a root made of `lowers_top_first`.
+    pub(crate) fn for_layers(lowers_top_first: &[PathBuf]) -> Self {
+        match top_most(lowers_top_first, "etc") {
+            None => Skeleton::NoEtc,
+            Some(meta) if meta.is_dir() => Skeleton::Etc(DirAttrs {
+                mode: meta.mode() & 0o7777,
+                uid: meta.uid(),
+                gid: meta.gid(),
+                mtime: meta.mtime(),
+                mtime_nsec: meta.mtime_nsec(),
+            }),
+            Some(_) => Skeleton::EtcNotADirectory,
+        }
     }
-    let etc = top_most(lowers_top_first, "etc");
-    let etc_files = etc.as_ref().is_none_or(|meta| meta.is_dir());
-    if etc_files {
-        let dir = skel.join("etc");
-        fs::DirBuilder::new().create(&dir)?;
+
+    /// Whether `/etc/{resolv.conf,hosts,hostname}` can be bound in.
+    pub(crate) fn etc_files(self) -> bool {
+        self != Skeleton::EtcNotADirectory
+    }
+
+    /// The cache entry's name: the attributes themselves, so no hash and no
+    /// index are needed. The prefix versions the skeleton's layout.
+    fn cache_name(self) -> String {
+        match self {
+            Skeleton::NoEtc => "v1-etc-none".into(),
+            Skeleton::EtcNotADirectory => "v1-etc-nodir".into(),
+            Skeleton::Etc(a) => format!(
+                "v1-etc-{:o}-{}-{}-{}.{:09}",
+                a.mode, a.uid, a.gid, a.mtime, a.mtime_nsec
+            ),
+        }
+    }
+
+    /// The skeleton directory in `cache`, built on first use. `scratch` is a
+    /// name unique to this run, to build it in before the atomic rename.
+    pub(crate) fn ensure(self, cache: &Path, scratch: &str) -> io::Result<PathBuf> {
+        let path = cache.join(self.cache_name());
+        if path.is_dir() {
+            return Ok(path);
+        }
+        let tmp = cache.join(format!(".tmp-{scratch}"));
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir(&tmp)?;
+        match self.build(&tmp).and_then(|()| fs::rename(&tmp, &path)) {
+            Ok(()) => Ok(path),
+            Err(err) => {
+                let _ = fs::remove_dir_all(&tmp);
+                // Another run may have built the same skeleton first.
+                if path.is_dir() { Ok(path) } else { Err(err) }
+            }
+        }
+    }
+
+    fn build(self, dir: &Path) -> io::Result<()> {
+        // Mounted over, so their own attributes never show.
+        for name in MOUNT_DIRS {
+            plain_dir(&dir.join(name))?;
+        }
+        let attrs = match self {
+            Skeleton::EtcNotADirectory => return Ok(()),
+            Skeleton::NoEtc => None,
+            Skeleton::Etc(attrs) => Some(attrs),
+        };
+        let etc = dir.join("etc");
+        plain_dir(&etc)?;
         for file in ETC_FILES {
-            File::create(dir.join(file))?;
-            fs::set_permissions(dir.join(file), fs::Permissions::from_mode(0o644))?;
+            File::create(etc.join(file))?;
+            fs::set_permissions(etc.join(file), fs::Permissions::from_mode(0o644))?;
         }
         // Last, as creating the files above changes the mtime.
-        take_attributes(&dir, etc.as_ref())?;
+        if let Some(a) = attrs {
+            std::os::unix::fs::lchown(&etc, Some(a.uid), Some(a.gid))?;
+            fs::set_permissions(&etc, fs::Permissions::from_mode(a.mode))?;
+            let since_epoch = Duration::new(
+                a.mtime.max(0) as u64,
+                a.mtime_nsec.clamp(0, 999_999_999) as u32,
+            );
+            File::open(&etc)?.set_times(FileTimes::new().set_modified(UNIX_EPOCH + since_epoch))?;
+        }
+        Ok(())
     }
-    Ok(Skeleton { etc_files })
 }
 
-/// Gives the skeleton directory `path` the mode, owner and times of the
-/// image's directory `like`, or plain 0755 when the image has none.
-fn take_attributes(path: &Path, like: Option<&Metadata>) -> io::Result<()> {
-    let Some(like) = like.filter(|meta| meta.is_dir()) else {
-        return fs::set_permissions(path, fs::Permissions::from_mode(0o755));
-    };
-    std::os::unix::fs::lchown(path, Some(like.uid()), Some(like.gid()))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(like.mode() & 0o7777))?;
-    let times = FileTimes::new()
-        .set_accessed(like.accessed()?)
-        .set_modified(like.modified()?);
-    File::open(path)?.set_times(times)
+fn plain_dir(path: &Path) -> io::Result<()> {
+    fs::create_dir(path)?;
+    // create_dir is subject to the umask.
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755))
 }
 
 /// One step of the child's setup. Paths are host paths under the new root
@@ -143,9 +220,11 @@ pub(crate) enum Op {
     MakeRootPrivate,
     /// Sets `lo` up in the new network namespace.
     LoopbackUp,
-    /// Moves the detached overlay mount onto `target`.
-    AttachRoot {
+    /// Moves the detached mount `fd` onto `target`.
+    Attach {
+        fd: RawFd,
         target: CString,
+        what: &'static str,
     },
     Mount {
         source: CString,
@@ -212,7 +291,7 @@ impl Op {
         match self {
             Op::MakeRootPrivate => "make mounts private".into(),
             Op::LoopbackUp => "bring up loopback".into(),
-            Op::AttachRoot { .. } => "attach root filesystem".into(),
+            Op::Attach { what, .. } => format!("attach {what}"),
             Op::Mount { target, fstype, .. } => {
                 format!("mount {} on {}", fstype.to_string_lossy(), show(target))
             }
@@ -232,15 +311,23 @@ impl Op {
 
 /// Inputs of [`plan`].
 pub(crate) struct PlanInput<'a> {
-    /// Host directory the overlay is attached to in the child.
-    pub(crate) root: &'a Path,
-    /// Host directory holding the files named in [`ETC_FILES`], when the
-    /// skeleton made room for them.
-    pub(crate) etc_source: Option<&'a Path>,
+    /// The directory (`M`) the child attaches the per-run tmpfs on.
+    pub(crate) mountpoint: &'a Path,
+    /// The per-run tmpfs: an empty `root` directory and, when `etc_files`,
+    /// `etc/` with the files named in [`ETC_FILES`].
+    pub(crate) state_fd: RawFd,
+    /// The step's detached overlay.
+    pub(crate) overlay_fd: RawFd,
+    pub(crate) etc_files: bool,
     pub(crate) hostname: &'a str,
     pub(crate) network: NetworkMode,
     /// Absolute working directory inside the root.
     pub(crate) cwd: &'a str,
+}
+
+/// Where the overlay is attached in the child, for `mountpoint`.
+pub(crate) fn root_of(mountpoint: &Path) -> PathBuf {
+    mountpoint.join("root")
 }
 
 fn host_path(path: &Path) -> Result<CString, NulError> {
@@ -249,14 +336,22 @@ fn host_path(path: &Path) -> Result<CString, NulError> {
 
 /// The child's setup, in order.
 pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<Op>, NulError> {
-    let at = |inside: &str| host_path(&input.root.join(inside.trim_start_matches('/')));
+    let root = root_of(input.mountpoint);
+    let at = |inside: &str| host_path(&root.join(inside.trim_start_matches('/')));
     let string = |s: &str| CString::new(s);
     let mut ops = vec![Op::MakeRootPrivate];
     if input.network == NetworkMode::None {
         ops.push(Op::LoopbackUp);
     }
-    ops.push(Op::AttachRoot {
-        target: host_path(input.root)?,
+    ops.push(Op::Attach {
+        fd: input.state_fd,
+        target: host_path(input.mountpoint)?,
+        what: "sandbox state",
+    });
+    ops.push(Op::Attach {
+        fd: input.overlay_fd,
+        target: host_path(&root)?,
+        what: "root filesystem",
     });
     ops.push(Op::Mount {
         source: string("proc")?,
@@ -321,10 +416,10 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<Op>, NulError> {
             dev_null: string("/dev/null")?,
         });
     }
-    if let Some(source) = input.etc_source {
+    if input.etc_files {
         for file in ETC_FILES {
             ops.push(Op::Bind {
-                source: host_path(&source.join(file))?,
+                source: host_path(&input.mountpoint.join("etc").join(file))?,
                 target: at(&format!("etc/{file}"))?,
             });
         }
@@ -333,7 +428,7 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<Op>, NulError> {
         name: string(input.hostname)?,
     });
     ops.push(Op::PivotRoot {
-        new_root: host_path(input.root)?,
+        new_root: host_path(&root)?,
     });
     ops.push(Op::Chdir {
         path: string(input.cwd)?,
@@ -347,25 +442,27 @@ mod tests {
     use std::os::unix::fs::symlink;
 
     #[test]
-    fn skeleton_copies_image_directory_attributes() {
+    fn skeleton_copies_image_etc_attributes_and_is_cached() {
         let tmp = tempfile::tempdir().unwrap();
-        let (upper_layer, lower_layer, skel) = (
+        let (upper_layer, lower_layer, cache) = (
             tmp.path().join("l1"),
             tmp.path().join("l0"),
-            tmp.path().join("skel"),
+            tmp.path().join("cache"),
         );
-        for dir in [&upper_layer, &lower_layer, &skel] {
+        for dir in [&upper_layer, &lower_layer, &cache] {
             fs::create_dir(dir).unwrap();
         }
         fs::create_dir(lower_layer.join("etc")).unwrap();
         fs::set_permissions(lower_layer.join("etc"), fs::Permissions::from_mode(0o750)).unwrap();
-        let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        let old = UNIX_EPOCH + Duration::new(1_000_000, 123);
         File::open(lower_layer.join("etc"))
             .unwrap()
             .set_modified(old)
             .unwrap();
-        let skeleton = build_skeleton(&skel, &[upper_layer, lower_layer]).unwrap();
-        assert!(skeleton.etc_files);
+        let layers = [upper_layer, lower_layer];
+        let skeleton = Skeleton::for_layers(&layers);
+        assert!(skeleton.etc_files());
+        let skel = skeleton.ensure(&cache, "a").unwrap();
         let etc = fs::metadata(skel.join("etc")).unwrap();
         assert_eq!(etc.mode() & 0o7777, 0o750);
         assert_eq!(etc.modified().unwrap(), old);
@@ -378,28 +475,67 @@ mod tests {
             let meta = fs::metadata(skel.join("etc").join(file)).unwrap();
             assert!(meta.is_file() && meta.len() == 0);
         }
+        // The same attributes reuse the entry; nothing else is left behind.
+        assert_eq!(
+            Skeleton::for_layers(&layers).ensure(&cache, "b").unwrap(),
+            skel
+        );
+        assert_eq!(fs::read_dir(&cache).unwrap().count(), 1);
+        // Other attributes make another skeleton.
+        fs::set_permissions(layers[1].join("etc"), fs::Permissions::from_mode(0o755)).unwrap();
+        let other = Skeleton::for_layers(&layers).ensure(&cache, "c").unwrap();
+        assert_ne!(other, skel);
+        assert_eq!(
+            fs::metadata(other.join("etc")).unwrap().mode() & 0o7777,
+            0o755
+        );
     }
 
     #[test]
-    fn skeleton_leaves_a_non_directory_etc_alone() {
+    fn skeleton_without_image_etc_or_with_a_non_directory_etc() {
         let tmp = tempfile::tempdir().unwrap();
-        let (layer, skel) = (tmp.path().join("l0"), tmp.path().join("skel"));
+        let (layer, cache) = (tmp.path().join("l0"), tmp.path().join("cache"));
         fs::create_dir(&layer).unwrap();
-        fs::create_dir(&skel).unwrap();
+        fs::create_dir(&cache).unwrap();
+        let layers = [layer.clone()];
+        assert_eq!(Skeleton::for_layers(&layers), Skeleton::NoEtc);
+        let skel = Skeleton::NoEtc.ensure(&cache, "a").unwrap();
+        assert!(skel.join("etc/hosts").is_file());
+        assert_eq!(
+            fs::metadata(skel.join("etc")).unwrap().mode() & 0o7777,
+            0o755
+        );
+
         symlink("usr/etc", layer.join("etc")).unwrap();
-        let skeleton = build_skeleton(&skel, &[layer]).unwrap();
-        assert!(!skeleton.etc_files);
+        let skeleton = Skeleton::for_layers(&layers);
+        assert!(!skeleton.etc_files());
+        let skel = skeleton.ensure(&cache, "b").unwrap();
         assert!(!skel.join("etc").exists());
         assert!(skel.join("proc").is_dir());
+
+        // A whiteout in a higher layer deletes the lower /etc.
+        let upper = tmp.path().join("l1");
+        fs::create_dir(&upper).unwrap();
+        nix::sys::stat::mknod(
+            &upper.join("etc"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::empty(),
+            0,
+        )
+        .ok();
+        if upper.join("etc").exists() {
+            assert_eq!(Skeleton::for_layers(&[upper, layer]), Skeleton::NoEtc);
+        }
     }
 
     #[test]
     fn plan_orders_setup_and_names_container_paths() {
-        let root = Path::new("/state/run/root");
-        let etc = Path::new("/state/run/etc");
+        let mountpoint = Path::new("/state/mnt");
         let input = PlanInput {
-            root,
-            etc_source: Some(etc),
+            mountpoint,
+            state_fd: 7,
+            overlay_fd: 8,
+            etc_files: true,
             hostname: "box",
             network: NetworkMode::None,
             cwd: "/work",
@@ -407,14 +543,21 @@ mod tests {
         let ops = plan(&input).unwrap();
         assert!(matches!(ops[0], Op::MakeRootPrivate));
         assert!(matches!(ops[1], Op::LoopbackUp));
-        assert!(matches!(ops[2], Op::AttachRoot { .. }));
+        assert!(
+            matches!(&ops[2], Op::Attach { fd: 7, target, .. } if target.as_bytes() == b"/state/mnt")
+        );
+        assert!(
+            matches!(&ops[3], Op::Attach { fd: 8, target, .. } if target.as_bytes() == b"/state/mnt/root")
+        );
         let pivot = ops
             .iter()
             .position(|op| matches!(op, Op::PivotRoot { .. }))
             .unwrap();
         assert_eq!(pivot, ops.len() - 2);
-        let described: Vec<String> = ops.iter().map(|op| op.describe(root)).collect();
+        let root = root_of(mountpoint);
+        let described: Vec<String> = ops.iter().map(|op| op.describe(&root)).collect();
         for expected in [
+            "attach root filesystem",
             "mount proc on /proc",
             "create device /dev/null",
             "mount devpts on /dev/pts",
@@ -428,9 +571,24 @@ mod tests {
                 "{expected} in {described:?}"
             );
         }
+        let binds: Vec<_> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Bind { source, .. } => Some(source.to_str().unwrap()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            binds,
+            vec![
+                "/state/mnt/etc/resolv.conf",
+                "/state/mnt/etc/hosts",
+                "/state/mnt/etc/hostname"
+            ]
+        );
         let host = PlanInput {
             network: NetworkMode::Host,
-            etc_source: None,
+            etc_files: false,
             ..input
         };
         let ops = plan(&host).unwrap();
