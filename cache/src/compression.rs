@@ -566,7 +566,7 @@ fn deflate_worker(jobs: &Mutex<Receiver<Job>>, level: u32) {
                 Err(_) => return,
             }
         };
-        let result = deflate_block(&mut deflate, &job);
+        let result = deflate_block(&mut deflate, &job, level);
         let _ = job.reply.send(result.map(|deflated| {
             let mut crc = Crc::new();
             crc.update(&job.data);
@@ -581,24 +581,85 @@ fn deflate_worker(jobs: &Mutex<Receiver<Job>>, level: u32) {
 
 /// Deflates one block as raw deflate, ending on a byte boundary (sync flush)
 /// so the next block's output can simply follow, or ending the stream.
-fn deflate_block(deflate: &mut flate2::Compress, job: &Job) -> io::Result<Vec<u8>> {
-    deflate.reset();
-    if !job.dict.is_empty() {
-        deflate
-            .set_dictionary(&job.dict)
-            .map_err(io::Error::other)?;
+///
+/// Stretches that deflate cannot shrink (already compressed or random data)
+/// are written as stored blocks instead: deflating them costs as much CPU as
+/// text and gains nothing, which is what zstd's own incompressibility check
+/// avoids too. The choice depends only on the block's content, so the output
+/// stays a function of the data.
+fn deflate_block(deflate: &mut flate2::Compress, job: &Job, level: u32) -> io::Result<Vec<u8>> {
+    let data = &job.data[..];
+    let mut out = Vec::with_capacity(data.len() + data.len() / 16 + 1024);
+    let mut runs: Vec<(usize, usize, bool)> = Vec::new();
+    for start in (0..data.len()).step_by(PROBE_CHUNK) {
+        let end = (start + PROBE_CHUNK).min(data.len());
+        let stored = level > 0 && incompressible(&data[start..end]);
+        match runs.last_mut() {
+            Some((_, run_end, run_stored)) if *run_stored == stored => *run_end = end,
+            _ => runs.push((start, end, stored)),
+        }
     }
-    let flush = if job.last {
+    if runs.is_empty() {
+        runs.push((0, 0, false));
+    }
+    let count = runs.len();
+    for (i, (start, end, stored)) in runs.into_iter().enumerate() {
+        let last = job.last && i + 1 == count;
+        if stored {
+            store_run(&data[start..end], last, &mut out);
+            continue;
+        }
+        // A fresh deflate stream primed with the 32 KiB before the run, as at
+        // the start of every block.
+        deflate.reset();
+        if start >= DEFLATE_WINDOW {
+            deflate
+                .set_dictionary(&data[start - DEFLATE_WINDOW..start])
+                .map_err(io::Error::other)?;
+        } else if !job.dict.is_empty() || start > 0 {
+            let from_dict = job.dict.len().min(DEFLATE_WINDOW - start);
+            let mut window = job.dict[job.dict.len() - from_dict..].to_vec();
+            window.extend_from_slice(&data[..start]);
+            deflate.set_dictionary(&window).map_err(io::Error::other)?;
+        }
+        deflate_run(deflate, &data[start..end], last, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// Input is judged compressible or not in pieces of this size.
+const PROBE_CHUNK: usize = 64 * 1024;
+
+/// Appends `data` as stored deflate blocks (at most 65535 bytes each); the
+/// output is byte-aligned before and after.
+fn store_run(data: &[u8], last: bool, out: &mut Vec<u8>) {
+    let pieces = data.len().div_ceil(0xffff);
+    for (i, piece) in data.chunks(0xffff).enumerate() {
+        let len = piece.len() as u16;
+        out.push(u8::from(last && i + 1 == pieces));
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(piece);
+    }
+}
+
+fn deflate_run(
+    deflate: &mut flate2::Compress,
+    data: &[u8],
+    last: bool,
+    out: &mut Vec<u8>,
+) -> io::Result<()> {
+    let flush = if last {
         FlushCompress::Finish
     } else {
         FlushCompress::Sync
     };
-    let mut out = Vec::with_capacity(job.data.len() + job.data.len() / 16 + 1024);
     let mut consumed = 0;
     loop {
+        out.reserve(data.len() - consumed + (data.len() - consumed) / 16 + 1024);
         let before = deflate.total_in();
         let status = deflate
-            .compress_vec(&job.data[consumed..], &mut out, flush)
+            .compress_vec(&data[consumed..], out, flush)
             .map_err(io::Error::other)?;
         consumed += (deflate.total_in() - before) as usize;
         let done = match status {
@@ -606,14 +667,72 @@ fn deflate_block(deflate: &mut flate2::Compress, job: &Job) -> io::Result<Vec<u8
             // A sync flush is complete once all input is taken and the
             // output was not filled: zlib had room for everything.
             Status::Ok | Status::BufError => {
-                !job.last && consumed == job.data.len() && out.len() < out.capacity()
+                !last && consumed == data.len() && out.len() < out.capacity()
             }
         };
         if done {
-            return Ok(out);
+            return Ok(());
         }
-        out.reserve(out.capacity().max(64 * 1024));
     }
+}
+
+/// Whether deflate would save next to nothing on `data`: its byte entropy
+/// leaves Huffman coding under 3% to gain, and hardly any position starts a
+/// 4-byte repeat within deflate's window for LZ77 to use. Random data fails
+/// both tests by far; text, code and binaries pass the first.
+fn incompressible(data: &[u8]) -> bool {
+    if data.len() < 1024 {
+        return false;
+    }
+    // The byte histogram of a quarter of the data (the first 16 of every 64
+    // bytes) estimates the entropy well enough: for random data the estimate
+    // stays far above the threshold, for text far below. Four interleaved
+    // histograms avoid stalls on repeated bytes.
+    let mut hist = [[0u32; 256]; 4];
+    let mut sampled = 0usize;
+    for group in data.chunks(64) {
+        let group = &group[..group.len().min(16)];
+        let mut quads = group.chunks_exact(4);
+        for q in &mut quads {
+            hist[0][q[0] as usize] += 1;
+            hist[1][q[1] as usize] += 1;
+            hist[2][q[2] as usize] += 1;
+            hist[3][q[3] as usize] += 1;
+        }
+        for &b in quads.remainder() {
+            hist[0][b as usize] += 1;
+        }
+        sampled += group.len();
+    }
+    let n = sampled as f64;
+    let bits: f64 = (0..256)
+        .map(|i| f64::from(hist[0][i] + hist[1][i] + hist[2][i] + hist[3][i]))
+        .filter(|&c| c > 0.0)
+        .map(|c| c * (n / c).log2())
+        .sum();
+    if bits < 0.97 * 8.0 * n {
+        return false;
+    }
+    // Only positions whose 4 bytes hash into one sixteenth of the range are
+    // looked at: the choice depends on content, not offset, so a repeat
+    // samples the same positions as its original.
+    const SLOT_BITS: u32 = 13;
+    let mut table = [(u32::MAX, 0u32); 1 << SLOT_BITS];
+    let (mut samples, mut matches) = (0usize, 0usize);
+    for (i, w) in data.windows(4).enumerate() {
+        let v = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+        let h = v.wrapping_mul(0x9E37_79B1);
+        if h >> 28 != 0 {
+            continue;
+        }
+        samples += 1;
+        let slot = &mut table[((h >> 16) as usize) & ((1 << SLOT_BITS) - 1)];
+        if slot.0 != u32::MAX && slot.1 == v && i - slot.0 as usize <= DEFLATE_WINDOW {
+            matches += 1;
+        }
+        *slot = (i as u32, v);
+    }
+    matches * 50 < samples
 }
 
 #[cfg(test)]
@@ -687,6 +806,75 @@ mod tests {
             gz.len(),
             data.len()
         );
+    }
+
+    fn random(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 32) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn incompressibility_probe() {
+        assert!(incompressible(&random(PROBE_CHUNK, 1)));
+        assert!(!incompressible(&sample(PROBE_CHUNK)));
+        // Random bytes repeated within deflate's window: high byte entropy,
+        // yet LZ77 halves them.
+        let half = random(PROBE_CHUNK / 4, 2);
+        let repeated: Vec<u8> = half
+            .iter()
+            .chain(&half)
+            .chain(&half)
+            .chain(&half)
+            .copied()
+            .collect();
+        assert!(!incompressible(&repeated));
+        assert!(
+            !incompressible(&random(100, 3)),
+            "tiny inputs are left to deflate"
+        );
+    }
+
+    #[test]
+    fn mixed_random_and_text_gzip_round_trips_and_stays_compact() {
+        // Runs of random bytes between text, across block and probe borders,
+        // and a final random run so the stream ends in a stored block.
+        let mut data = Vec::new();
+        for i in 0..7u64 {
+            data.extend(sample(300_000 + i as usize * 1234));
+            data.extend(random(200_000 + i as usize * 777, i + 10));
+        }
+        let gz = round_trip(CompressionOptions::new(Compression::Gzip), &data);
+        let mut plain = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+        plain.write_all(&data).unwrap();
+        let plain = plain.finish().unwrap();
+        // Storing the random runs must not cost more than a fraction of a
+        // percent against deflating everything.
+        assert!(
+            gz.len() as f64 <= plain.len() as f64 * 1.005,
+            "{} vs {}",
+            gz.len(),
+            plain.len()
+        );
+        let mut child = std::process::Command::new("gzip")
+            .arg("-t")
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("run gzip -t");
+        child.stdin.take().expect("piped").write_all(&gz).unwrap();
+        assert!(
+            child.wait().unwrap().success(),
+            "gzip -t rejects the stream"
+        );
+        let random_only = random(3 * GZIP_BLOCK, 99);
+        let gz = round_trip(CompressionOptions::new(Compression::Gzip), &random_only);
+        assert!(gz.len() < random_only.len() + random_only.len() / 1000 + 64);
     }
 
     #[test]
