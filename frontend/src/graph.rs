@@ -8,6 +8,8 @@
 //! without being marked.
 
 use std::collections::BTreeSet;
+use std::ops::Deref;
+use std::sync::Arc;
 
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::EdgeRef;
@@ -35,6 +37,76 @@ impl From<SourcePos> for Position {
     fn from(p: SourcePos) -> Self {
         Position::new(p.line, p.column)
     }
+}
+
+/// An immutable value shared between vertices (consecutive RUN steps
+/// usually have the same environment); serializes as the value itself.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Shared<T: ?Sized>(Arc<T>);
+
+impl<T> Shared<T> {
+    pub fn new(value: T) -> Self {
+        Self(Arc::new(value))
+    }
+}
+
+impl<T: ?Sized> Clone for Shared<T> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
+
+impl<T: Default> Default for Shared<T> {
+    fn default() -> Self {
+        Self::new(T::default())
+    }
+}
+
+impl<T: ?Sized> Deref for Shared<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> From<T> for Shared<T> {
+    fn from(value: T) -> Self {
+        Self::new(value)
+    }
+}
+
+impl From<String> for Shared<str> {
+    fn from(value: String) -> Self {
+        Self(Arc::from(value))
+    }
+}
+
+impl From<&str> for Shared<str> {
+    fn from(value: &str) -> Self {
+        Self(Arc::from(value))
+    }
+}
+
+impl<T: ?Sized + Serialize> Serialize for Shared<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Shared<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        T::deserialize(d).map(Self::new)
+    }
+}
+
+impl<'de> Deserialize<'de> for Shared<str> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Self::from)
+    }
+}
+
+fn is_empty_set(s: &Shared<BTreeSet<String>>) -> bool {
+    s.is_empty()
 }
 
 /// Index of a vertex in [`BuildGraph`]; equal to its creation order.
@@ -71,8 +143,8 @@ pub struct Vertex {
     /// Names of build arguments (ARG) whose values this vertex depends on
     /// directly: the ones its expansion read, and for RUN every ARG in its
     /// environment. Used to explain cache misses.
-    #[serde(skip_serializing_if = "BTreeSet::is_empty", default)]
-    pub build_args: BTreeSet<String>,
+    #[serde(skip_serializing_if = "is_empty_set", default)]
+    pub build_args: Shared<BTreeSet<String>>,
 }
 
 /// The operation a vertex performs.
@@ -155,7 +227,7 @@ pub struct ExecOp {
     /// The program and its arguments, SHELL already applied.
     pub args: Vec<String>,
     /// `KEY=VALUE` in order: image ENV, then ARG values in scope.
-    pub env: Vec<String>,
+    pub env: Shared<Vec<Shared<str>>>,
     /// Proxy variables from build args (`HTTP_PROXY`…): set at run time but
     /// left out of cache keys, as BuildKit does.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
@@ -517,7 +589,7 @@ mod tests {
             description: description.into(),
             stage: None,
             position: None,
-            build_args: BTreeSet::new(),
+            build_args: Shared::default(),
         }
     }
 

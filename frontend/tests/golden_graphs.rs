@@ -36,7 +36,11 @@ struct FakeImage {
 struct FakeResolver(BTreeMap<String, FakeImage>);
 
 impl ImageResolver for FakeResolver {
-    fn resolve(&self, reference: &str, _platform: &Platform) -> Result<Option<ResolvedImage>, String> {
+    fn resolve(
+        &self,
+        reference: &str,
+        _platform: &Platform,
+    ) -> Result<Option<ResolvedImage>, String> {
         Ok(self.0.get(reference).map(|i| ResolvedImage {
             digest: i.digest.clone(),
             config: serde_json::to_vec(&i.config).expect("serializable"),
@@ -63,7 +67,10 @@ fn render(dir: &Path) -> (String, bool) {
     match compile(&src, &opts, &FakeResolver(images)) {
         Ok(c) => {
             let value = serde_json::to_value(&c).expect("serializable");
-            (serde_json::to_string_pretty(&value).expect("serializable") + "\n", true)
+            (
+                serde_json::to_string_pretty(&value).expect("serializable") + "\n",
+                true,
+            )
         }
         Err(e) => (format!("{e}\n"), false),
     }
@@ -78,11 +85,19 @@ fn golden_graphs() {
         .filter(|p| p.join("Dockerfile").is_file())
         .collect();
     dirs.sort();
-    assert!(dirs.len() >= 10, "expected the golden cases, found {}", dirs.len());
+    assert!(
+        dirs.len() >= 10,
+        "expected the golden cases, found {}",
+        dirs.len()
+    );
     let mut failures = Vec::new();
     for dir in &dirs {
         let (got, ok) = render(dir);
-        let (file, stale) = if ok { ("graph.json", "error.txt") } else { ("error.txt", "graph.json") };
+        let (file, stale) = if ok {
+            ("graph.json", "error.txt")
+        } else {
+            ("error.txt", "graph.json")
+        };
         let path = dir.join(file);
         if update {
             fs::write(&path, &got).expect("writable");
@@ -91,9 +106,18 @@ fn golden_graphs() {
         }
         match fs::read_to_string(&path) {
             Ok(want) if want == got => {}
-            Ok(want) => failures.push(format!("{}: {file} differs\n--- want\n{want}--- got\n{got}", dir.display())),
+            Ok(want) => failures.push(format!(
+                "{}: {file} differs\n--- want\n{want}--- got\n{got}",
+                dir.display()
+            )),
             Err(_) => failures.push(format!("{}: no {file}; got\n{got}", dir.display())),
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), dirs.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        dirs.len(),
+        failures.join("\n")
+    );
 }

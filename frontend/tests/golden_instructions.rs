@@ -18,10 +18,13 @@ fn render(src: &[u8]) -> (String, bool) {
         Ok(a) => a,
         Err(e) => return (format!("{e}\n"), false),
     };
-    match parse_dockerfile(&ast, &Locator::new(src)) {
+    match parse_dockerfile(ast, &Locator::new(src)) {
         Ok(df) => {
             let value = serde_json::to_value(&df).expect("serializable");
-            (serde_json::to_string_pretty(&value).expect("serializable") + "\n", true)
+            (
+                serde_json::to_string_pretty(&value).expect("serializable") + "\n",
+                true,
+            )
         }
         Err(e) => (format!("{e}\n"), false),
     }
@@ -36,12 +39,20 @@ fn golden_instructions() {
         .filter(|p| p.join("Dockerfile").is_file())
         .collect();
     dirs.sort();
-    assert!(dirs.len() >= 10, "expected the golden cases, found {}", dirs.len());
+    assert!(
+        dirs.len() >= 10,
+        "expected the golden cases, found {}",
+        dirs.len()
+    );
     let mut failures = Vec::new();
     for dir in &dirs {
         let src = fs::read(dir.join("Dockerfile")).expect("readable Dockerfile");
         let (got, ok) = render(&src);
-        let (file, stale) = if ok { ("expected.json", "error.txt") } else { ("error.txt", "expected.json") };
+        let (file, stale) = if ok {
+            ("expected.json", "error.txt")
+        } else {
+            ("error.txt", "expected.json")
+        };
         let path = dir.join(file);
         if update {
             fs::write(&path, &got).expect("writable");
@@ -50,9 +61,18 @@ fn golden_instructions() {
         }
         match fs::read_to_string(&path) {
             Ok(want) if want == got => {}
-            Ok(want) => failures.push(format!("{}: {file} differs\n--- want\n{want}--- got\n{got}", dir.display())),
+            Ok(want) => failures.push(format!(
+                "{}: {file} differs\n--- want\n{want}--- got\n{got}",
+                dir.display()
+            )),
             Err(_) => failures.push(format!("{}: no {file}; got\n{got}", dir.display())),
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), dirs.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        dirs.len(),
+        failures.join("\n")
+    );
 }

@@ -114,18 +114,18 @@ impl Converter<'_> {
             .filter(|s| matches!(s, SourceArg::Path(_)))
             .zip(&paths)
         {
-            let at = match raw {
+            let at = || match raw {
                 SourceArg::Path(w) => loc.find(span, w),
                 SourceArg::Heredoc { .. } => cmd.position,
             };
             if is_git(p) {
                 if !add {
-                    return Err(SourceError::new(at, "source can't be a git ref for COPY"));
+                    return Err(SourceError::new(at(), "source can't be a git ref for COPY"));
                 }
                 op_sources.push(CopySource::Git { url: p.clone() });
             } else if is_http(p) {
                 if !add {
-                    return Err(SourceError::new(at, "source can't be a URL for COPY"));
+                    return Err(SourceError::new(at(), "source can't be a URL for COPY"));
                 }
                 op_sources.push(CopySource::Url {
                     url: p.clone(),
@@ -162,9 +162,7 @@ impl Converter<'_> {
                 _ => None,
             };
             let v = match from {
-                Some(src) => {
-                    self.source_vertex(&src, st, plan, "copy", loc.find(span, "--from"))?
-                }
+                Some(src) => self.source_vertex(&src, st, plan, "copy", span, "--from")?,
                 None => {
                     let mut v = None;
                     for p in &context_paths {
@@ -216,7 +214,7 @@ impl Converter<'_> {
             description,
             Some(st.index),
             Some(cmd.position),
-            deps,
+            deps.into(),
         );
         st.image.commit(history, true, true);
         Ok(())

@@ -10,9 +10,67 @@ use super::platform::Platform;
 use super::stages::{Base, Plan, Planned, SourceRef, normalize_reference};
 use super::{CompileOptions, Warning};
 use crate::error::{Position, SourceError};
-use crate::graph::{BuildGraph, ContextOp, Op, SourceOp, Vertex, VertexId};
+use crate::graph::{BuildGraph, ContextOp, Op, Shared, SourceOp, Vertex, VertexId};
 use crate::instructions::{self, Command, Instruction, KeyValues, Locator, Span};
 use crate::shell::Lexer;
+
+/// The environment of a stage (image ENV plus ARG values): ordered, with an
+/// index for lookups, and the `KEY=VALUE` list shared by RUN steps until it
+/// changes.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct EnvState {
+    /// `(key, "key=value")`.
+    entries: Vec<(String, Shared<str>)>,
+    index: HashMap<String, usize>,
+    list: Option<Shared<Vec<Shared<str>>>>,
+}
+
+impl EnvState {
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
+        self.index.get(key).map(|&i| {
+            let (k, kv) = &self.entries[i];
+            &kv[k.len() + 1..]
+        })
+    }
+
+    pub(crate) fn contains(&self, key: &str) -> bool {
+        self.index.contains_key(key)
+    }
+
+    /// Sets a variable, replacing an earlier value in place.
+    pub(crate) fn set(&mut self, key: &str, value: &str) {
+        self.list = None;
+        let mut kv = String::with_capacity(key.len() + value.len() + 1);
+        kv.push_str(key);
+        kv.push('=');
+        kv.push_str(value);
+        let kv = Shared::from(kv);
+        match self.index.get(key) {
+            Some(&i) => self.entries[i].1 = kv,
+            None => {
+                self.index.insert(key.to_string(), self.entries.len());
+                self.entries.push((key.to_string(), kv));
+            }
+        }
+    }
+
+    /// The env as `KEY=VALUE` strings.
+    pub(crate) fn list(&mut self) -> Shared<Vec<Shared<str>>> {
+        if let Some(l) = &self.list {
+            return l.clone();
+        }
+        let l: Shared<Vec<Shared<str>>> =
+            Shared::new(self.entries.iter().map(|(_, kv)| kv.clone()).collect());
+        self.list = Some(l.clone());
+        l
+    }
+}
+
+impl crate::shell::Env for EnvState {
+    fn get(&self, name: &str) -> Option<&str> {
+        EnvState::get(self, name)
+    }
+}
 
 /// The build state of a stage while it is dispatched.
 #[derive(Debug, Clone)]
@@ -24,9 +82,14 @@ pub(crate) struct StageState {
     pub(crate) tip: VertexId,
     pub(crate) image: ImageConfig,
     /// Environment for expansion and RUN: image ENV plus ARG values.
-    pub(crate) env: Vec<(String, String)>,
+    pub(crate) env: EnvState,
     /// ARGs declared so far (inherited from a base stage too), with values.
     pub(crate) args: Vec<(String, Option<String>)>,
+    /// The declared ARGs that have a value, shared by RUN vertices.
+    args_in_env: Option<Shared<BTreeSet<String>>>,
+    /// The `|N k=v …` part of RUN history entries while ARGs and env stay
+    /// the same.
+    pub(crate) run_prefix: Option<String>,
     pub(crate) workdir: String,
     pub(crate) user: Option<String>,
     pub(crate) platform: Platform,
@@ -44,7 +107,7 @@ impl StageState {
             return text.to_string();
         }
         self.cmd_index += 1;
-        let width = self.cmd_total.to_string().len();
+        let width = decimal_digits(self.cmd_total);
         let mut out = String::from("[");
         if !self.display.is_empty() {
             out.push_str(&self.display);
@@ -59,15 +122,15 @@ impl StageState {
     }
 
     pub(crate) fn set_env(&mut self, key: &str, value: &str) {
-        match self.env.iter_mut().find(|(k, _)| k == key) {
-            Some(e) => e.1 = value.to_string(),
-            None => self.env.push((key.to_string(), value.to_string())),
-        }
+        self.run_prefix = None;
+        self.env.set(key, value);
     }
 
-    /// The env as `KEY=VALUE` strings.
-    pub(crate) fn env_list(&self) -> Vec<String> {
-        self.env.iter().map(|(k, v)| format!("{k}={v}")).collect()
+    /// Declares an ARG (its value, if any, is already in the env).
+    pub(crate) fn push_arg(&mut self, key: &str, value: Option<String>) {
+        self.args_in_env = None;
+        self.run_prefix = None;
+        self.args.push((key.to_string(), value));
     }
 
     /// Declared ARG names among `names`.
@@ -83,31 +146,33 @@ impl StageState {
     }
 
     /// Declared ARGs that have a value (they are in the environment).
-    pub(crate) fn args_in_env(&self) -> BTreeSet<String> {
-        self.args
+    pub(crate) fn args_in_env(&mut self) -> Shared<BTreeSet<String>> {
+        if let Some(s) = &self.args_in_env {
+            return s.clone();
+        }
+        let set: BTreeSet<String> = self
+            .args
             .iter()
             .filter(|(_, v)| v.is_some())
             .map(|(k, _)| k.clone())
-            .collect()
+            .collect();
+        let s = Shared::new(set);
+        self.args_in_env = Some(s.clone());
+        s
     }
 }
 
 /// Expands words with a stage's environment, remembering the names read.
 pub(crate) struct Expander<'s> {
     lexer: Lexer,
-    env: &'s Vec<(String, String)>,
+    env: &'s EnvState,
     loc: &'s Locator,
     span: Span,
     pub(crate) matched: BTreeSet<String>,
 }
 
 impl<'s> Expander<'s> {
-    pub(crate) fn new(
-        lexer: Lexer,
-        env: &'s Vec<(String, String)>,
-        loc: &'s Locator,
-        span: Span,
-    ) -> Self {
+    pub(crate) fn new(lexer: Lexer, env: &'s EnvState, loc: &'s Locator, span: Span) -> Self {
         Self {
             lexer,
             env,
@@ -117,8 +182,20 @@ impl<'s> Expander<'s> {
         }
     }
 
+    /// Whether the lexer would return `w` unchanged: no variables, no
+    /// escapes and (when quotes are removed) no quotes. Most words are
+    /// like that, and the lexer is the costly part of conversion.
+    fn is_literal(&self, w: &str, quotes_matter: bool) -> bool {
+        !w.chars().any(|c| {
+            c == '$' || c == self.lexer.escape || (quotes_matter && (c == '\'' || c == '"'))
+        })
+    }
+
     /// One word, quotes removed; an error points at the word.
     pub(crate) fn word(&mut self, w: &str) -> Result<String, SourceError> {
+        if self.is_literal(w, true) {
+            return Ok(w.to_string());
+        }
         let p = self
             .lexer
             .process_word(w, self.env)
@@ -152,17 +229,19 @@ impl<'s> Expander<'s> {
     /// Human-readable form of an instruction line: variables that are set
     /// replaced, quotes and unknown variables kept; the keyword upper-cased.
     pub(crate) fn display(&self, original: &str) -> String {
-        let mut lex = self.lexer;
-        lex.raw_quotes = true;
-        lex.skip_unset_env = true;
-        let text = lex
-            .process_word(original, self.env)
-            .map(|p| p.value)
-            .unwrap_or_else(|_| original.to_string());
-        match text.split_once(' ') {
-            Some((kw, rest)) => format!("{} {rest}", kw.to_ascii_uppercase()),
-            None => text.to_ascii_uppercase(),
-        }
+        let mut text = if self.is_literal(original, false) {
+            original.to_string()
+        } else {
+            let mut lex = self.lexer;
+            lex.raw_quotes = true;
+            lex.skip_unset_env = true;
+            lex.process_word(original, self.env)
+                .map(|p| p.value)
+                .unwrap_or_else(|_| original.to_string())
+        };
+        let kw_len = text.find(' ').unwrap_or(text.len());
+        text[..kw_len].make_ascii_uppercase();
+        text
     }
 }
 
@@ -229,7 +308,7 @@ impl<'a> Converter<'a> {
         description: String,
         stage: Option<usize>,
         position: Option<Position>,
-        build_args: BTreeSet<String>,
+        build_args: Shared<BTreeSet<String>>,
     ) -> VertexId {
         self.graph.add(Vertex {
             op,
@@ -251,7 +330,7 @@ impl<'a> Converter<'a> {
             "scratch".into(),
             None,
             None,
-            BTreeSet::new(),
+            Shared::default(),
         );
         self.scratch = Some(v);
         v
@@ -273,7 +352,7 @@ impl<'a> Converter<'a> {
                     all: false,
                     include: Vec::new(),
                 });
-                let v = self.add_vertex(op, vec![], description, None, None, BTreeSet::new());
+                let v = self.add_vertex(op, vec![], description, None, None, Shared::default());
                 self.contexts.insert(
                     name.to_string(),
                     ContextUse {
@@ -326,7 +405,7 @@ impl<'a> Converter<'a> {
             platform: platform.to_string(),
             digest: None,
         });
-        let v = self.add_vertex(op, vec![], description, None, None, BTreeSet::new());
+        let v = self.add_vertex(op, vec![], description, None, None, Shared::default());
         self.images.insert(key, v);
         v
     }
@@ -338,13 +417,14 @@ impl<'a> Converter<'a> {
         current: &StageState,
         plan: &Plan<'_>,
         what: &str,
-        at: Position,
+        span: Span,
+        needle: &str,
     ) -> Result<VertexId, SourceError> {
         match src {
             SourceRef::Stage(j) => match self.states.get(*j).and_then(Option::as_ref) {
                 Some(st) if *j != current.index => Ok(st.tip),
                 _ => Err(SourceError::new(
-                    at,
+                    self.loc.find(span, needle),
                     format!(
                         "cannot {what} from stage {:?}, it needs to be defined before current stage {:?}",
                         plan.stages[*j].display, plan.stages[current.index].display
@@ -407,8 +487,10 @@ impl<'a> Converter<'a> {
                     display,
                     tip: 0,
                     image: ImageConfig::empty(&platform),
-                    env: Vec::new(),
+                    env: EnvState::default(),
                     args: Vec::new(),
+                    args_in_env: None,
+                    run_prefix: None,
                     workdir: "/".into(),
                     user: None,
                     platform,
@@ -451,7 +533,7 @@ impl<'a> Converter<'a> {
                             description,
                             Some(i),
                             Some(def.position),
-                            sp.base_args.clone(),
+                            sp.base_args.clone().into(),
                         )
                     }
                     Base::Stage(_) => unreachable!(),
@@ -701,7 +783,7 @@ impl<'a> Converter<'a> {
                 Some(v) => format!("{}={v}", def.key),
                 None => def.key.clone(),
             });
-            st.args.push((def.key.clone(), value));
+            st.push_arg(&def.key, value);
         }
         st.image
             .commit(format!("ARG {}", commit.join(" ")), false, false);
@@ -735,7 +817,7 @@ impl<'a> Converter<'a> {
                 description,
                 Some(st.index),
                 Some(cmd.position),
-                deps,
+                deps.into(),
             );
         }
         st.image.commit(format!("WORKDIR {wd}"), with_layer, false);
@@ -768,6 +850,15 @@ impl<'a> Converter<'a> {
     }
 }
 
+fn decimal_digits(mut n: usize) -> usize {
+    let mut d = 1;
+    while n >= 10 {
+        n /= 10;
+        d += 1;
+    }
+    d
+}
+
 /// SHELL (or `/bin/sh -c`) followed by the command line joined with spaces.
 pub(crate) fn with_shell(image: &ImageConfig, args: &[String]) -> Vec<String> {
     let mut out = if image.config.shell.is_empty() {
@@ -791,6 +882,9 @@ pub(crate) fn normalize_workdir(current: &str, path: &str) -> String {
 
 /// Go's `path.Clean` for absolute paths (and relative ones, kept relative).
 pub(crate) fn clean_path(p: &str) -> String {
+    if is_clean_absolute(p) {
+        return p.to_string();
+    }
     let abs = p.starts_with('/');
     let mut parts: Vec<&str> = Vec::new();
     for seg in p.split('/') {
@@ -812,6 +906,18 @@ pub(crate) fn clean_path(p: &str) -> String {
         (false, true) => ".".into(),
         (false, false) => joined,
     }
+}
+
+/// An absolute path that `clean_path` would return unchanged.
+fn is_clean_absolute(p: &str) -> bool {
+    if p == "/" {
+        return true;
+    }
+    p.starts_with('/')
+        && !p.ends_with('/')
+        && p[1..]
+            .split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
 }
 
 /// `[ip:][hostPort:]containerPort[/proto]` → `port/proto` for every port of

@@ -174,11 +174,10 @@ impl ImageConfig {
     /// Adds a history entry; RUN/COPY/ADD (steps that leave a layer through
     /// the build state) get BuildKit's ` # buildkit` suffix.
     pub(crate) fn commit(&mut self, created_by: String, with_layer: bool, from_state: bool) {
-        let created_by = if from_state {
-            format!("{created_by} # buildkit")
-        } else {
-            created_by
-        };
+        let mut created_by = created_by;
+        if from_state {
+            created_by.push_str(" # buildkit");
+        }
         self.history.push(History {
             created: None,
             created_by,

@@ -180,20 +180,22 @@ pub fn compile(
     resolver: &dyn ImageResolver,
 ) -> Result<Compiled, SourceError> {
     let ast = crate::parser::parse(src)?;
-    compile_ast(&ast, src, opts, resolver)
+    compile_ast(ast, src, opts, resolver)
 }
 
 /// Compiles an already parsed Dockerfile; `src` is its text, for positions.
 pub fn compile_ast(
-    ast: &Ast,
+    ast: Ast,
     src: &[u8],
     opts: &CompileOptions,
     resolver: &dyn ImageResolver,
 ) -> Result<Compiled, SourceError> {
     let loc = Locator::new(src);
+    let escape = ast.escape;
+    let directives = ast.directives.clone();
+    let parser_warnings = ast.warnings.clone();
     let df = instructions::parse_dockerfile(ast, &loc)?;
-    let mut warnings: Vec<Warning> = ast
-        .warnings
+    let mut warnings: Vec<Warning> = parser_warnings
         .iter()
         .map(|w| Warning {
             position: Some(SourcePos {
@@ -203,7 +205,7 @@ pub fn compile_ast(
             message: w.message.clone(),
         })
         .collect();
-    let directive = |name: &str| ast.directives.iter().find(|d| d.name == name);
+    let directive = |name: &str| directives.iter().find(|d| d.name == name);
     let syntax = directive("syntax").map(|d| d.value.clone());
     if let Some(d) = directive("syntax") {
         if !is_dockerfile_frontend(&d.value) {
@@ -228,7 +230,7 @@ pub fn compile_ast(
             "dockerfile contains no stages to build",
         ));
     }
-    let escape = if ast.escape == '\0' { '\\' } else { ast.escape };
+    let escape = if escape == '\0' { '\\' } else { escape };
     let lexer = Lexer::new(escape);
     let target_platform = opts
         .platform

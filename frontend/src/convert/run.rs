@@ -1,12 +1,14 @@
 //! RUN: the command line after SHELL and heredocs, its environment, and
 //! `--mount`s with their inputs.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use super::dispatch::{Converter, Expander, StageState, clean_path, with_shell};
 use super::stages::{Plan, SourceRef};
 use crate::error::SourceError;
-use crate::graph::{ExecMount, ExecMountKind, ExecOp, InlineFile, NetworkMode, Op, SecurityMode};
+use crate::graph::{
+    ExecMount, ExecMountKind, ExecOp, InlineFile, NetworkMode, Op, SecurityMode, Shared,
+};
 use crate::instructions::mount::{self, MountType};
 use crate::instructions::{Command, Run, heredoc_marker};
 
@@ -74,7 +76,6 @@ impl Converter<'_> {
                     SourceError::new(self.loc.find_after(cmd.span, &m.raw, &e.token), e.message)
                 })?
                 .expect("expanded mounts are always parsed");
-            let at = self.loc.find(cmd.span, &m.raw);
             let target = parsed.target.as_deref().map(|t| {
                 if t.starts_with('/') {
                     clean_path(t)
@@ -83,7 +84,10 @@ impl Converter<'_> {
                 }
             });
             if target.as_deref() == Some("/") {
-                return Err(SourceError::new(at, "invalid mount target \"/\""));
+                return Err(SourceError::new(
+                    self.loc.find(cmd.span, &m.raw),
+                    "invalid mount target \"/\"",
+                ));
             }
             let source_path = parsed
                 .source
@@ -91,7 +95,7 @@ impl Converter<'_> {
                 .map(|s| clean_path(&format!("/{s}")));
             let from_vertex = match sources.get(n).cloned().flatten() {
                 Some(src) if parsed.kind != MountType::Tmpfs && parsed.from.is_some() => {
-                    Some(self.source_vertex(&src, st, plan, "mount", at)?)
+                    Some(self.source_vertex(&src, st, plan, "mount", cmd.span, &m.raw)?)
                 }
                 _ => None,
             };
@@ -147,7 +151,10 @@ impl Converter<'_> {
                         (Some(id), None, _) => id.clone(),
                         (None, None, Some(t)) => base_name(t),
                         (None, None, None) => {
-                            return Err(SourceError::new(at, "one of source, target required"));
+                            return Err(SourceError::new(
+                                self.loc.find(cmd.span, &m.raw),
+                                "one of source, target required",
+                            ));
                         }
                     };
                     let target = match (&target, &parsed.env) {
@@ -203,12 +210,7 @@ impl Converter<'_> {
                 env: Some(name), ..
             } = &m.kind
             {
-                if let Some(v) = st
-                    .env
-                    .iter()
-                    .find(|(k, _)| k == name)
-                    .map(|(_, v)| v.clone())
-                {
+                if let Some(v) = st.env.get(name).map(String::from) {
                     if !v.is_empty() {
                         display = display.replace(&v, "****");
                     }
@@ -216,22 +218,25 @@ impl Converter<'_> {
             }
         }
 
-        let mut deps: BTreeSet<String> = st.args_in_env();
-        deps.extend(st.arg_deps(&matched));
-        let env_names: BTreeSet<&str> = st.env.iter().map(|(k, _)| k.as_str()).collect();
+        let in_env = st.args_in_env();
+        let extra = st.arg_deps(&matched);
+        let deps = if extra.is_subset(&in_env) {
+            in_env
+        } else {
+            let mut all: BTreeSet<String> = (*in_env).clone();
+            all.extend(extra);
+            Shared::new(all)
+        };
         let proxy_env: Vec<String> = self
             .proxy
             .iter()
-            .filter(|kv| {
-                kv.split_once('=')
-                    .is_some_and(|(k, _)| !env_names.contains(k))
-            })
+            .filter(|kv| kv.split_once('=').is_some_and(|(k, _)| !st.env.contains(k)))
             .cloned()
             .collect();
         let history = format!("RUN {}", run_command_string(&args, st));
         let op = ExecOp {
             args,
-            env: st.env_list(),
+            env: st.env.list(),
             proxy_env,
             user: st.user.clone(),
             cwd: st.workdir.clone(),
@@ -255,27 +260,51 @@ impl Converter<'_> {
 }
 
 /// BuildKit's history text: `|N k=v … ` for the ARGs in scope, then the argv.
-fn run_command_string(args: &[String], st: &StageState) -> String {
-    let mut build_env: Vec<(String, String)> = Vec::new();
-    for (k, v) in &st.args {
-        let value = st
-            .env
-            .iter()
-            .find(|(ek, _)| ek == k)
-            .map(|(_, ev)| ev.clone())
-            .unwrap_or_else(|| v.clone().unwrap_or_default());
-        match build_env.iter_mut().find(|(bk, _)| bk == k) {
-            Some(e) => e.1 = value,
-            None => build_env.push((k.clone(), value)),
+fn run_command_string(args: &[String], st: &mut StageState) -> String {
+    let prefix = st
+        .run_prefix
+        .get_or_insert_with(|| build_args_prefix(&st.args, &st.env));
+    let mut out = prefix.clone();
+    for a in args {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(a);
+    }
+    out
+}
+
+/// `|N k=v …`: a re-declared ARG keeps its first position and shows its
+/// last value (from the environment when set there).
+fn build_args_prefix(args: &[(String, Option<String>)], env: &super::dispatch::EnvState) -> String {
+    let mut order: Vec<&str> = Vec::with_capacity(args.len());
+    let mut seen: HashSet<&str> = HashSet::with_capacity(args.len());
+    for (k, _) in args {
+        if seen.insert(k) {
+            order.push(k);
         }
     }
-    let mut parts: Vec<String> = Vec::new();
-    if !build_env.is_empty() {
-        parts.push(format!("|{}", build_env.len()));
-        parts.extend(build_env.into_iter().map(|(k, v)| format!("{k}={v}")));
+    let mut out = String::new();
+    if order.is_empty() {
+        return out;
     }
-    parts.extend(args.iter().cloned());
-    parts.join(" ")
+    out.push_str(&format!("|{}", order.len()));
+    for k in order {
+        let value = match env.get(k) {
+            Some(v) => v,
+            None => args
+                .iter()
+                .rev()
+                .find(|(ak, _)| ak == k)
+                .and_then(|(_, v)| v.as_deref())
+                .unwrap_or(""),
+        };
+        out.push(' ');
+        out.push_str(k);
+        out.push('=');
+        out.push_str(value);
+    }
+    out
 }
 
 /// The first line of a heredoc, with `...` when there are more.

@@ -232,20 +232,23 @@ impl<'a> Plan<'a> {
                 let Some(from) = &copy.from else {
                     return Ok(vec![None]);
                 };
-                let at = self.loc.find(c.span, "--from");
+                let at = || self.loc.find(c.span, "--from");
                 let literal = lexer
                     .process_word(from, &NoEnv)
                     .map(|p| p.value)
                     .unwrap_or_default();
                 if literal != *from {
                     return Err(SourceError::new(
-                        at,
+                        at(),
                         "variable expansion is not supported for --from, define a new stage with FROM using ARG from global scope as a workaround",
                     ));
                 }
                 if let Ok(index) = from.parse::<i64>() {
                     if index < 0 || index as usize >= self.stages.len() {
-                        return Err(SourceError::new(at, format!("invalid stage index {index}")));
+                        return Err(SourceError::new(
+                            at(),
+                            format!("invalid stage index {index}"),
+                        ));
                     }
                     return Ok(vec![Some(SourceRef::Stage(index as usize))]);
                 }
@@ -410,7 +413,7 @@ impl<'a> Plan<'a> {
             self.stages[i].resolved = Some(r.clone());
             return Ok(r.clone());
         }
-        let at = self.loc.find(stage.def.span, &stage.def.base);
+        let at = || self.loc.find(stage.def.span, &stage.def.base);
         let resolved = match resolver.resolve(&key.0, &stage.platform) {
             Ok(None) => ResolvedBase {
                 digest: None,
@@ -419,7 +422,7 @@ impl<'a> Plan<'a> {
             Ok(Some(img)) => {
                 let config: ImageConfig = serde_json::from_slice(&img.config).map_err(|e| {
                     SourceError::new(
-                        at,
+                        at(),
                         format!("failed to parse image config of {}: {e}", key.0),
                     )
                 })?;
@@ -430,7 +433,7 @@ impl<'a> Plan<'a> {
             }
             Err(e) => {
                 return Err(SourceError::new(
-                    at,
+                    at(),
                     format!("failed to resolve {reference}: {e}"),
                 ));
             }
@@ -517,9 +520,11 @@ fn parse_trigger(text: &str, stage: &Stage) -> Result<Command, SourceError> {
             "onbuild trigger should be a single expression",
         ));
     }
-    let mut cmd =
-        instructions::parse_trigger_node(&ast.children[0], &Locator::new(text.as_bytes()))
-            .map_err(at)?;
+    let mut cmd = instructions::parse_trigger_node(
+        ast.children.into_iter().next().expect("one child"),
+        &Locator::new(text.as_bytes()),
+    )
+    .map_err(at)?;
     cmd.span = stage.span;
     cmd.position = stage.position;
     Ok(cmd)

@@ -39,6 +39,9 @@ impl Flags {
     /// `spec`. A lone `--` ends the flags.
     pub(crate) fn parse(raw: &[String], spec: &[(&'static str, Kind)]) -> Result<Flags, FlagError> {
         let mut flags = Flags::default();
+        if raw.is_empty() {
+            return Ok(flags);
+        }
         for arg in raw {
             let Some(body) = arg.strip_prefix("--") else {
                 return Err(FlagError {
@@ -138,8 +141,8 @@ impl Flags {
     }
 
     /// Flag names in the order they were first given.
-    pub(crate) fn used(&self) -> Vec<String> {
-        self.used.iter().map(|s| s.to_string()).collect()
+    pub(crate) fn used(&self) -> Vec<&'static str> {
+        self.used.clone()
     }
 }
 

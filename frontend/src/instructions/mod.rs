@@ -134,7 +134,7 @@ pub struct Run {
     pub security: Option<SecurityMode>,
     /// Flag names given, in order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub flags_used: Vec<String>,
+    pub flags_used: Vec<&'static str>,
 }
 
 /// A `--mount` as written, and parsed when it needs no expansion.
@@ -315,11 +315,18 @@ pub enum Parsed {
 }
 
 /// Splits a syntax tree into global ARGs and stages, typing every instruction.
-pub fn parse_dockerfile(ast: &Ast, loc: &Locator) -> Result<Dockerfile, SourceError> {
+///
+/// The tree is consumed: its strings move into the typed commands.
+pub fn parse_dockerfile(ast: Ast, loc: &Locator) -> Result<Dockerfile, SourceError> {
     let mut meta_args = Vec::new();
     let mut stages: Vec<Stage> = Vec::new();
-    for node in &ast.children {
-        match parse_node(node, loc)? {
+    for mut node in ast.children {
+        match (Parser {
+            node: &mut node,
+            loc,
+        })
+        .parse(false)?
+        {
             Parsed::Stage(s) => stages.push(s),
             Parsed::Command(c) => match stages.last_mut() {
                 Some(stage) => stage.commands.push(c),
@@ -341,12 +348,22 @@ pub fn parse_dockerfile(ast: &Ast, loc: &Locator) -> Result<Dockerfile, SourceEr
 
 /// Types one instruction node.
 pub fn parse_node(node: &Node, loc: &Locator) -> Result<Parsed, SourceError> {
-    Parser { node, loc }.parse(false)
+    let mut node = node.clone();
+    Parser {
+        node: &mut node,
+        loc,
+    }
+    .parse(false)
 }
 
 /// Types one instruction node of an ONBUILD trigger read from an image.
-pub(crate) fn parse_trigger_node(node: &Node, loc: &Locator) -> Result<Command, SourceError> {
-    match (Parser { node, loc }).parse(true)? {
+pub(crate) fn parse_trigger_node(mut node: Node, loc: &Locator) -> Result<Command, SourceError> {
+    match (Parser {
+        node: &mut node,
+        loc,
+    })
+    .parse(true)?
+    {
         Parsed::Command(c) => Ok(c),
         Parsed::Stage(s) => Err(SourceError::new(
             s.position,
@@ -356,7 +373,8 @@ pub(crate) fn parse_trigger_node(node: &Node, loc: &Locator) -> Result<Command, 
 }
 
 struct Parser<'a> {
-    node: &'a Node,
+    /// Strings are taken out of the node as they move into the command.
+    node: &'a mut Node,
     loc: &'a Locator,
 }
 
@@ -384,23 +402,27 @@ impl Parser<'_> {
         Flags::parse(&self.node.flags, spec).map_err(|e| self.flag_err(e))
     }
 
-    fn args(&self) -> Vec<String> {
-        self.node.next.iter().map(|n| n.value.clone()).collect()
+    fn args(&mut self) -> Vec<String> {
+        self.node
+            .next
+            .iter_mut()
+            .map(|n| std::mem::take(&mut n.value))
+            .collect()
     }
 
-    fn command(&self, instruction: Instruction) -> Parsed {
+    fn command(&mut self, instruction: Instruction) -> Parsed {
         Parsed::Command(Command {
             instruction,
             span: self.span(),
             position: self.loc.start(self.span()),
-            original: self.node.original.clone(),
+            original: std::mem::take(&mut self.node.original),
         })
     }
 
-    fn parse(&self, in_onbuild: bool) -> Result<Parsed, SourceError> {
-        let keyword = self.node.value.to_ascii_uppercase();
+    fn parse(&mut self, in_onbuild: bool) -> Result<Parsed, SourceError> {
+        let keyword = keyword_upper(&self.node.value);
         let args = self.args();
-        let cmd = match keyword.as_str() {
+        let cmd = match &*keyword {
             "FROM" => return self.parse_from(args),
             "RUN" => Instruction::Run(self.parse_run(args)?),
             "CMD" => {
@@ -753,7 +775,7 @@ impl Parser<'_> {
         })
     }
 
-    fn parse_onbuild(&self) -> Result<Onbuild, SourceError> {
+    fn parse_onbuild(&mut self) -> Result<Onbuild, SourceError> {
         let Some(inner) = self.node.next.first().and_then(|n| n.children.first()) else {
             return Err(self.at_start("ONBUILD requires at least one argument"));
         };
@@ -772,14 +794,14 @@ impl Parser<'_> {
             _ => {}
         }
         // The inner node may lack the outer line range and heredocs: give it ours.
-        let mut inner = inner.clone();
+        let mut inner = std::mem::take(&mut self.node.next[0].children[0]);
         inner.start_line = self.node.start_line;
         inner.end_line = self.node.end_line;
         if inner.heredocs.is_empty() {
             inner.heredocs = self.node.heredocs.clone();
         }
         let trigger = match (Parser {
-            node: &inner,
+            node: &mut inner,
             loc: self.loc,
         })
         .parse(true)?
@@ -896,6 +918,14 @@ fn heredoc_file(h: &Heredoc) -> HeredocFile {
     }
 }
 
+/// The keyword upper-cased; known keywords without allocating.
+fn keyword_upper(value: &str) -> std::borrow::Cow<'static, str> {
+    match KEYWORDS.iter().find(|k| k.eq_ignore_ascii_case(value)) {
+        Some(k) => std::borrow::Cow::Borrowed(k),
+        None => std::borrow::Cow::Owned(value.to_ascii_uppercase()),
+    }
+}
+
 /// `^\d*<<-?NAME$` → the name with quotes removed.
 pub(crate) fn heredoc_marker(word: &str) -> Option<String> {
     let rest = word.trim_start_matches(|c: char| c.is_ascii_digit());
@@ -927,6 +957,9 @@ fn valid_stage_name(name: &str) -> bool {
 
 /// A comment line `NAME text` above the instruction gives `text`.
 fn doc_comment(comments: &[String], name: &str) -> Option<String> {
+    if comments.is_empty() {
+        return None;
+    }
     let prefix = format!("{name} ");
     comments.iter().find_map(|c| {
         c.trim_start()
