@@ -454,8 +454,8 @@ fn main() {
     let _ = fs::remove_dir_all(bench.join("store"));
 
     println!(
-        "{:<38} {:>7} {:<20} {:>7} {:>8} {:<10} {:>9}  {}",
-        "operation", "MB/s", "limit", "MB/s", "of limit", "target", "of target", "note"
+        "{:<38} {:>7} {:<20} {:>7} {:>8} {:<10} {:>9}  note",
+        "operation", "MB/s", "limit", "MB/s", "of limit", "target", "of target"
     );
     for r in &rows {
         let (target_name, of_target) = r.target.map_or(("-", "-".to_string()), |(t, n)| {

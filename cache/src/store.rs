@@ -14,7 +14,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::{Flock, FlockArg, PosixFadviseAdvice, posix_fadvise};
 
 use crate::digest::{Digest, Hasher};
 
@@ -31,6 +31,10 @@ const EMPTY_INDEX: &[u8] = br#"{"schemaVersion":2,"manifests":[]}"#;
 
 /// Temp entries younger than this may belong to a running process.
 const STALE_TMP_AGE: Duration = Duration::from_secs(3600);
+
+/// How much a blob writer lets the kernel hold dirty before it asks for
+/// writeback.
+const WRITEBACK_STEP: u64 = 8 << 20;
 
 /// Writes of this size or more bypass the writer's buffer.
 const WRITE_BUFFER: usize = 256 * 1024;
@@ -177,6 +181,7 @@ impl Store {
         Ok(BlobWriter {
             file: BufWriter::with_capacity(WRITE_BUFFER, file),
             hasher: Hasher::new(),
+            kicked: 0,
             path,
             store: self.clone(),
         })
@@ -337,6 +342,8 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 pub struct BlobWriter {
     file: BufWriter<tempfile::NamedTempFile>,
     hasher: Hasher,
+    /// Bytes handed to the kernel for writeback so far.
+    kicked: u64,
     path: PathBuf,
     store: Store,
 }
@@ -360,6 +367,7 @@ impl BlobWriter {
             hasher,
             path,
             store,
+            ..
         } = self;
         let size = hasher.len();
         let digest = hasher.finish();
@@ -394,16 +402,47 @@ impl BlobWriter {
     }
 }
 
+impl BlobWriter {
+    /// Starts writeback of what was written since the last call, once that
+    /// is a few MiB. Without it the kernel keeps a large blob dirty in memory
+    /// until `commit`'s fsync and only then writes it all, so the disk idles
+    /// while the blob is produced and the producer idles during the fsync.
+    /// `POSIX_FADV_DONTNEED` starts asynchronous writeback of dirty pages
+    /// (and drops only clean ones, which these are not yet).
+    fn start_writeback(&mut self) {
+        let in_file = self.hasher.len() - self.file.buffer().len() as u64;
+        if in_file - self.kicked < WRITEBACK_STEP {
+            return;
+        }
+        let (Ok(offset), Ok(len)) = (
+            i64::try_from(self.kicked),
+            i64::try_from(in_file - self.kicked),
+        ) else {
+            return;
+        };
+        // Only advice: a kernel that ignores it costs nothing but speed.
+        let _ = posix_fadvise(
+            self.file.get_ref().as_file(),
+            offset,
+            len,
+            PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+        );
+        self.kicked = in_file;
+    }
+}
+
 impl Write for BlobWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.file.write(buf)?;
         self.hasher.update(&buf[..n]);
+        self.start_writeback();
         Ok(n)
     }
 
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         self.file.write_all(buf)?;
         self.hasher.update(buf);
+        self.start_writeback();
         Ok(())
     }
 
