@@ -113,3 +113,26 @@ pub(crate) fn run(args: GraphArgs) -> anyhow::Result<ExitCode> {
 fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("reading {}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_args_with_and_without_values() {
+        let raw = vec![
+            "A=1".to_string(),
+            "B=".to_string(),
+            "C=x=y".to_string(),
+            "PATH".to_string(),
+            "BUILDER_TEST_SURELY_UNSET_VARIABLE".to_string(),
+        ];
+        let args = parse_build_args(&raw).unwrap();
+        assert_eq!(args.get("A").map(String::as_str), Some("1"));
+        assert_eq!(args.get("B").map(String::as_str), Some(""));
+        assert_eq!(args.get("C").map(String::as_str), Some("x=y"));
+        assert_eq!(args.get("PATH"), std::env::var("PATH").ok().as_ref());
+        assert!(!args.contains_key("BUILDER_TEST_SURELY_UNSET_VARIABLE"));
+        assert!(parse_build_args(&["=v".to_string()]).is_err());
+    }
+}
