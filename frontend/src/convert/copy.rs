@@ -1,7 +1,8 @@
 //! COPY and ADD: expanded sources (context paths, stages, images, URLs, git,
 //! heredocs), the destination relative to WORKDIR, and their flags.
 
-use super::dispatch::{Converter, Expander, StageState, clean_path};
+use super::dispatch::{Converter, StageState, clean_path};
+use super::env::Expander;
 use super::stages::{Plan, SourceRef};
 use crate::error::SourceError;
 use crate::graph::{CopyOp, CopySource, Op};

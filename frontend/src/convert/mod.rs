@@ -11,7 +11,9 @@
 mod args;
 mod copy;
 mod dispatch;
+mod env;
 pub mod image;
+mod metadata;
 pub mod platform;
 mod run;
 mod stages;

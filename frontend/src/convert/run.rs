@@ -3,7 +3,8 @@
 
 use std::collections::{BTreeSet, HashSet};
 
-use super::dispatch::{Converter, Expander, StageState, clean_path, with_shell};
+use super::dispatch::{Converter, StageState, clean_path, with_shell};
+use super::env::Expander;
 use super::stages::{Plan, SourceRef};
 use crate::error::SourceError;
 use crate::graph::{
@@ -276,7 +277,7 @@ fn run_command_string(args: &[String], st: &mut StageState) -> String {
 
 /// `|N k=v …`: a re-declared ARG keeps its first position and shows its
 /// last value (from the environment when set there).
-fn build_args_prefix(args: &[(String, Option<String>)], env: &super::dispatch::EnvState) -> String {
+fn build_args_prefix(args: &[(String, Option<String>)], env: &super::env::EnvState) -> String {
     let mut order: Vec<&str> = Vec::with_capacity(args.len());
     let mut seen: HashSet<&str> = HashSet::with_capacity(args.len());
     for (k, _) in args {
