@@ -609,3 +609,106 @@ fn empty_tree_is_just_the_end_of_archive() {
     assert_eq!(out, vec![0u8; 1024]);
     assert_eq!(diff_id, Digest::of(&[0u8; 1024]));
 }
+
+#[test]
+fn overlay_redirect_or_metacopy_is_refused_as_root() {
+    if !have_root("overlay_redirect_or_metacopy_is_refused_as_root") {
+        return;
+    }
+    for xattr_name in ["trusted.overlay.metacopy", "trusted.overlay.redirect"] {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("upper");
+        fs::create_dir_all(tree.join("d")).unwrap();
+        fs::write(tree.join("d/f"), b"").unwrap();
+        xattr::set(tree.join("d/f"), xattr_name, b"").unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        match create_layer(&store, &tree, &CreateOptions::default()) {
+            Err(CreateError::OverlayFeature { path, xattr }) => {
+                assert_eq!((path, xattr.as_str()), (tree.join("d/f"), xattr_name));
+            }
+            other => panic!("{xattr_name}: expected a refusal, got {other:?}"),
+        }
+        assert!(
+            fs::read_dir(store.root().join("blobs/sha256"))
+                .unwrap()
+                .next()
+                .is_none()
+        );
+    }
+}
+
+/// The kernel's own whiteouts and opaque directories, from a real overlay
+/// mount, come out as OCI whiteouts.
+#[test]
+fn real_overlay_upperdir_as_root() {
+    if !have_root("real_overlay_upperdir_as_root") {
+        return;
+    }
+    use nix::mount::{MsFlags, mount, umount};
+    let dir = tempfile::tempdir().unwrap();
+    let [lower, upper, work, merged] = ["lower", "upper", "work", "merged"].map(|d| {
+        let p = dir.path().join(d);
+        fs::create_dir(&p).unwrap();
+        p
+    });
+    fs::create_dir_all(lower.join("etc")).unwrap();
+    fs::write(lower.join("etc/old"), b"old").unwrap();
+    fs::write(lower.join("etc/other"), b"other").unwrap();
+    fs::create_dir_all(lower.join("cache/sub")).unwrap();
+    fs::write(lower.join("cache/sub/x"), b"x").unwrap();
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
+    if let Err(e) = mount(
+        Some("overlay"),
+        &merged,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(opts.as_str()),
+    ) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "overlay mount failed: {e}"
+        );
+        eprintln!("skipping real_overlay_upperdir_as_root: cannot mount overlay: {e}");
+        return;
+    }
+    let result = std::panic::catch_unwind(|| {
+        fs::remove_file(merged.join("etc/old")).unwrap();
+        fs::remove_file(merged.join("etc/other")).unwrap();
+        fs::remove_dir_all(merged.join("cache")).unwrap();
+        fs::create_dir(merged.join("cache")).unwrap();
+        fs::write(merged.join("cache/new"), b"new").unwrap();
+        fs::write(merged.join("etc/added"), b"added").unwrap();
+    });
+    umount(&merged).unwrap();
+    result.unwrap();
+    let store = Store::open(dir.path().join("store")).unwrap();
+    let (_, blob) = layer(&store, &upper, Compression::None, None);
+    let entries = read_tar(&blob);
+    let names: Vec<_> = entries.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "cache/",
+            "cache/.wh..wh..opq",
+            "cache/new",
+            "etc/",
+            "etc/.wh.old",
+            "etc/.wh.other",
+            "etc/added"
+        ],
+        "{entries:#?}"
+    );
+    for e in &entries {
+        assert!(
+            e.pax.keys().all(|k| !k.contains("overlay")),
+            "{}: {:?}",
+            e.path,
+            e.pax
+        );
+    }
+}

@@ -37,6 +37,16 @@ use crate::store::{Store, StoreError};
 /// (rootless).
 const USER_OVERLAY_OPAQUE_XATTR: &str = "user.overlay.opaque";
 
+/// Overlay xattrs saying that an entry's content lives in a lower layer: a
+/// renamed directory (`redirect`) or a file whose data was not copied up
+/// (`metacopy`).
+const OUTSIDE_UPPER_XATTRS: [&[u8]; 4] = [
+    b"trusted.overlay.redirect",
+    b"trusted.overlay.metacopy",
+    b"user.overlay.redirect",
+    b"user.overlay.metacopy",
+];
+
 /// Size of the buffers passed from the tar thread to the compressing thread.
 const CHUNK: usize = 1 << 20;
 /// Buffers in flight: enough to ride out a large file's read or a slow
@@ -84,6 +94,11 @@ pub enum CreateError {
     Store(#[from] StoreError),
     #[error("cannot set up layer compression")]
     Compression(#[from] CompressionError),
+    /// The upperdir relies on an overlay feature that keeps data outside it
+    /// (`redirect_dir`, `metacopy`), so no layer made from it alone can be
+    /// right; the overlay must be mounted with those features off.
+    #[error("{path} has overlay attribute {xattr}, which a layer cannot represent")]
+    OverlayFeature { path: PathBuf, xattr: String },
 }
 
 fn read_err(path: &Path) -> impl FnOnce(io::Error) -> CreateError + '_ {
@@ -535,6 +550,12 @@ fn read_xattrs(path: &Path) -> Result<(Xattrs, bool), CreateError> {
     let mut opaque = false;
     for name in names {
         let bytes = name.as_bytes();
+        if OUTSIDE_UPPER_XATTRS.contains(&bytes) {
+            return Err(CreateError::OverlayFeature {
+                path: path.to_path_buf(),
+                xattr: String::from_utf8_lossy(bytes).into_owned(),
+            });
+        }
         let marker = bytes == OVERLAY_OPAQUE_XATTR.as_bytes()
             || bytes == USER_OVERLAY_OPAQUE_XATTR.as_bytes();
         if !marker && !keep_xattr(bytes) {
@@ -724,6 +745,61 @@ mod tests {
         assert_eq!(split_ustar(&b"y".repeat(257)), None);
         let long_prefix = [b"d".repeat(160), b"f".repeat(10)].join(&b'/');
         assert_eq!(split_ustar(&long_prefix), None);
+    }
+
+    fn sink() -> (ChunkSink, Receiver<Chunk>) {
+        let (full_tx, full_rx) = mpsc::sync_channel(64);
+        let (free_tx, free_rx) = mpsc::channel();
+        for _ in 0..4 {
+            free_tx.send(vec![0; CHUNK]).unwrap();
+        }
+        let sink = ChunkSink {
+            buf: Vec::new(),
+            fill: 0,
+            full: full_tx,
+            free: free_rx,
+        };
+        (sink, full_rx)
+    }
+
+    #[test]
+    fn values_beyond_ustar_go_to_pax_records() {
+        let (mut out, rx) = sink();
+        let hdr = Header {
+            name: b"big",
+            mode: 0o644,
+            uid: 1 << 22,
+            gid: 7,
+            size: 1 << 34,
+            mtime: -5,
+            typeflag: b'0',
+            link: &[],
+            dev: (0, 0),
+            xattrs: &[],
+        };
+        write_header(&mut out, &hdr).unwrap();
+        out.finish().unwrap();
+        let chunk = rx.recv().unwrap();
+        let bytes = &chunk.buf[..chunk.fill];
+        assert_eq!(
+            bytes.len(),
+            3 * BLOCK,
+            "x header, its records, the entry header"
+        );
+        assert_eq!(bytes[156], b'x');
+        let records = std::str::from_utf8(&bytes[BLOCK..2 * BLOCK])
+            .unwrap()
+            .trim_end_matches('\0');
+        // Each record's length counts the whole record, its digits included.
+        assert_eq!(
+            records,
+            "12 mtime=-5\n20 size=17179869184\n15 uid=4194304\n"
+        );
+        let entry = &bytes[2 * BLOCK..];
+        assert_eq!(&entry[124..136], b"00000000000\0", "size field holds 0");
+        assert_eq!(&entry[136..148], b"00000000000\0", "mtime field holds 0");
+        assert_eq!(&entry[108..116], b"0000000\0", "uid field holds 0");
+        assert_eq!(&entry[116..124], b"0000007\0", "gid fits");
     }
 
     #[test]
