@@ -680,20 +680,23 @@ fn corrupted_gzip_is_an_error() {
             .file("a", b"hello world, a small file")
             .finish(),
     );
-    // The CRC32 in the trailer, then a byte of the deflate data.
-    for at in [gz.len() - 8, gz.len() / 2] {
-        let mut bad = gz.clone();
-        bad[at] ^= 0x55;
-        let (result, _) = run(&bad, &root_opts());
-        assert!(
-            matches!(
-                result,
-                Err(LayerError::Corrupt { .. } | LayerError::Truncated { .. })
-            ),
-            "flip at {at}: {result:?}"
-        );
-        assert!(result.is_err());
-    }
+    // The CRC32 in the trailer: the data inflates fine, only the check fails.
+    let mut bad = gz.clone();
+    let at = gz.len() - 8;
+    bad[at] ^= 0x55;
+    let (result, _) = run(&bad, &root_opts());
+    assert!(
+        matches!(result, Err(LayerError::Corrupt { .. })),
+        "{result:?}"
+    );
+    // A byte of the deflate data: an invalid code, or output the CRC rejects.
+    let mut bad = gz.clone();
+    bad[gz.len() / 2] ^= 0x55;
+    let (result, _) = run(&bad, &root_opts());
+    assert!(
+        matches!(result, Err(LayerError::Corrupt { .. })),
+        "{result:?}"
+    );
 }
 
 #[test]
