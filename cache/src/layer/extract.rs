@@ -27,9 +27,11 @@
 //! `trusted.overlay.opaque=y` on its directory, so that the kernel's overlayfs
 //! applies them. In [`WhiteoutMode::Apply`] (flattening onto a tree) they
 //! delete what lower layers put in `dest`. As the OCI spec says, a whiteout
-//! never hides an entry of its own layer. Overlay metadata xattrs
-//! (`trusted.overlay.*`, `user.overlay.*`) are dropped when they come from a
-//! layer: they could forge opacity or redirects.
+//! never hides an entry of its own layer. A 0:0 character device in a layer
+//! is read as a whiteout in both modes, since that is what it is in overlay
+//! format and what docker's exporter turns into `.wh.` entries. Overlay
+//! metadata xattrs (`trusted.overlay.*`, `user.overlay.*`) are dropped when
+//! they come from a layer: they could forge opacity or redirects.
 //!
 //! On error, `dest` is left half-written; callers unpack into a temp
 //! directory and discard it, so nothing partial is ever visible.
