@@ -188,6 +188,7 @@ impl Executor for LinuxExecutor {
             hostname: &spec.hostname,
             network: spec.network,
             cwd: &cwd,
+            files: &spec.files,
         })
         .map_err(|_| invalid("a path contains a nul byte"))?;
         let command = Command::new(spec, &user)?;
@@ -304,6 +305,20 @@ fn check_spec(spec: &RunSpec, io: &StepIo<'_>) -> Result<(), SandboxError> {
     for (name, _) in &spec.extra_hosts {
         if name.is_empty() || name.contains(|c: char| c == '\0' || c.is_whitespace()) {
             return Err(invalid(format!("invalid host name {name:?}")));
+        }
+    }
+    for file in &spec.files {
+        let components: Vec<&str> = file.path.split('/').collect();
+        let clean = components.len() >= 3
+            && components[..2] == ["", "dev"]
+            && components[2..]
+                .iter()
+                .all(|c| !c.is_empty() && *c != "." && *c != ".." && !c.contains('\0'));
+        if !clean || file.mode > 0o7777 {
+            return Err(invalid(format!(
+                "step file {:?} is not a clean path below /dev with a valid mode",
+                file.path
+            )));
         }
     }
     if matches!(io.stdout, Output::SameAsStdout) {
@@ -475,6 +490,12 @@ fn mount_overlay(
     }
     context.set(c"upperdir", &path(&spec.rootfs.upperdir)?)?;
     context.set(c"workdir", &path(&spec.rootfs.workdir)?)?;
+    plain_diff_options(&context, durable)?;
+    context.mount(0)
+}
+
+/// Options of a writable overlay whose upperdir becomes a layer.
+fn plain_diff_options(context: &FsContext, durable: bool) -> Result<(), SandboxError> {
     // The upperdir must be a plain diff of the step: no redirect xattrs for
     // renamed directories, no metadata-only copy-ups that point into a
     // lower layer, no inode index tying the layers to this mount.
@@ -484,7 +505,119 @@ fn mount_overlay(
     if !durable {
         context.flag(c"volatile")?;
     }
-    context.mount(0)
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Views for the solver's own file operations (COPY, WORKDIR)
+
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+
+/// A mount attached nowhere: no mount table shows it, and it goes away when
+/// this value (its last reference) is dropped, also if builder is killed.
+/// Ordinary file calls reach it through [`path`](Self::path).
+#[derive(Debug)]
+pub struct DetachedMount {
+    fd: OwnedFd,
+}
+
+impl DetachedMount {
+    /// `/proc/self/fd/N`, the fd's magic link, which resolves to the
+    /// mount's root in this process for as long as `self` lives.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
+    }
+}
+
+impl AsFd for DetachedMount {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// A detached view of layers (`lowerdirs` base first, as in
+/// [`RootFs`](super::RootFs)) for reading and writing files from builder
+/// itself rather than from a step.
+///
+/// With `upper` (upperdir, workdir) the view is writable, and the upperdir
+/// receives a plain diff exactly as for a RUN step (whiteouts, opaque
+/// directories), ready to become a layer. Without it the view is
+/// read-only. A read-only view of one layer is a read-only bind of it
+/// (overlay wants two lowerdirs when it has no upperdir). `lowerdirs` must
+/// not be empty: an empty state needs no mount.
+pub fn overlay_view(
+    lowerdirs: &[PathBuf],
+    upper: Option<(&Path, &Path)>,
+) -> Result<DetachedMount, SandboxError> {
+    let path = |path: &Path| {
+        CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(|_| invalid(format!("path {} contains a nul byte", path.display())))
+    };
+    if lowerdirs.is_empty() {
+        return Err(invalid("an overlay view needs at least one layer"));
+    }
+    if let ([single], None) = (lowerdirs, upper) {
+        return bind_read_only(&path(single)?);
+    }
+    let context = FsContext::open(c"overlay")?;
+    for lower in lowerdirs.iter().rev() {
+        context.set(c"lowerdir+", &path(lower)?)?;
+    }
+    let attrs = match upper {
+        Some((upperdir, workdir)) => {
+            context.set(c"upperdir", &path(upperdir)?)?;
+            context.set(c"workdir", &path(workdir)?)?;
+            // Durability comes from the layer blob, as for RUN steps.
+            plain_diff_options(&context, false)?;
+            0
+        }
+        None => libc::MOUNT_ATTR_RDONLY,
+    };
+    Ok(DetachedMount {
+        fd: context.mount(attrs)?,
+    })
+}
+
+/// A detached, read-only, recursive bind of `source`.
+fn bind_read_only(source: &CStr) -> Result<DetachedMount, SandboxError> {
+    let error = |source| SandboxError::Mount {
+        what: "read-only bind (open_tree)".into(),
+        source,
+    };
+    // SAFETY: open_tree with a NUL-terminated path and integer flags
+    // returns a new fd or -1.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            source.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_RECURSIVE as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(error(Errno::last()));
+    }
+    // SAFETY: open_tree returned a fresh fd that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    // SAFETY: mount_attr is plain data for which all-zero is valid.
+    let mut attr: libc::mount_attr = unsafe { mem::zeroed() };
+    attr.attr_set = libc::MOUNT_ATTR_RDONLY;
+    // SAFETY: the fd itself (empty path with AT_EMPTY_PATH); `attr` lives
+    // on this stack and has the size passed.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as libc::c_uint,
+            ptr::addr_of_mut!(attr),
+            mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if ret < 0 {
+        return Err(error(Errno::last()));
+    }
+    Ok(DetachedMount { fd })
 }
 
 /// A filesystem being configured with the new mount API (`fsopen`,
@@ -1104,6 +1237,11 @@ fn run_op(child: &ChildContext<'_>, op: &Op) -> Result<(), i32> {
             data,
         } => sys::mount(Some(source), target, Some(fstype), *flags, data.as_deref()),
         Op::Mkdir { path, mode } => sys::mkdir(path, *mode),
+        Op::WriteFile {
+            path,
+            mode,
+            content,
+        } => sys::write_file(path, *mode, content),
         Op::Mknod { path, mode, dev } => sys::mknod_char(path, *mode, *dev),
         Op::Symlink { target, link } => sys::symlink(target, link),
         Op::Sysfs { target, host } => {
@@ -1297,6 +1435,33 @@ mod sys {
     pub(super) fn mkdir(path: &CStr, mode: libc::mode_t) -> Result {
         // SAFETY: NUL-terminated path.
         check(unsafe { libc::mkdir(path.as_ptr(), mode) }.into())
+    }
+
+    /// Creates `path` (which must not exist) with `mode` and `content`.
+    pub(super) fn write_file(path: &CStr, mode: libc::mode_t, content: &[u8]) -> Result {
+        let flags =
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        // SAFETY: NUL-terminated path; open with O_CREAT takes the mode.
+        let fd = unsafe { libc::open(path.as_ptr(), flags, mode) };
+        check(fd.into())?;
+        let mut rest = content;
+        let mut result = Ok(());
+        while !rest.is_empty() {
+            // SAFETY: pointer and length of a live slice.
+            let n = unsafe { libc::write(fd, rest.as_ptr().cast(), rest.len()) };
+            if n < 0 {
+                match errno() {
+                    libc::EINTR => continue,
+                    e => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            rest = &rest[n as usize..];
+        }
+        close(fd);
+        result
     }
 
     pub(super) fn mknod_char(path: &CStr, mode: libc::mode_t, dev: libc::dev_t) -> Result {

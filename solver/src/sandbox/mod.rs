@@ -33,7 +33,8 @@ use nix::sys::signal::Signal;
 
 pub use caps::{CapSet, Capability, DOCKER_DEFAULT_CAPS};
 pub use env::{DEFAULT_PATH, ensure_default_path, env_get};
-pub use linux::LinuxExecutor;
+pub use linux::{DetachedMount, LinuxExecutor, overlay_view};
+pub(crate) use rootfs::{ensure_dir as ensure_dir_in_root, read_file as read_file_in_root};
 pub use user::{
     IdOrName, InvalidUserSpec, ResolvedUser, UserError, UserSpec, resolve as resolve_user,
 };
@@ -107,6 +108,20 @@ pub struct RunSpec {
     pub network: NetworkMode,
     /// Extra `/etc/hosts` entries (`--add-host`).
     pub extra_hosts: Vec<(String, IpAddr)>,
+    /// Files that exist only while the step runs, on its private `/dev`
+    /// (a RUN heredoc script at `/dev/pipes/NAME`), so they never reach the
+    /// layer.
+    pub files: Vec<StepFile>,
+}
+
+/// A file created for one step under `/dev`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepFile {
+    /// Absolute path below `/dev/`; missing directories are created (0755).
+    pub path: String,
+    /// Permission bits, e.g. 0o755 for a script.
+    pub mode: u32,
+    pub content: Vec<u8>,
 }
 
 impl RunSpec {
@@ -122,6 +137,7 @@ impl RunSpec {
             hostname: DEFAULT_HOSTNAME.to_owned(),
             network: NetworkMode::Host,
             extra_hosts: Vec::new(),
+            files: Vec::new(),
         }
     }
 }

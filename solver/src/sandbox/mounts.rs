@@ -33,7 +33,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
-use super::NetworkMode;
+use super::{NetworkMode, StepFile};
 
 /// Files bound into `/etc` from the executor's per-run state.
 pub(crate) const ETC_FILES: [&str; 3] = ["resolv.conf", "hosts", "hostname"];
@@ -243,6 +243,12 @@ pub(crate) enum Op {
         mode: libc::mode_t,
         dev: libc::dev_t,
     },
+    /// A new file with exactly this mode and content.
+    WriteFile {
+        path: CString,
+        mode: libc::mode_t,
+        content: Vec<u8>,
+    },
     Symlink {
         target: CString,
         link: CString,
@@ -297,6 +303,7 @@ impl Op {
             }
             Op::Mkdir { path, .. } => format!("create directory {}", show(path)),
             Op::Mknod { path, .. } => format!("create device {}", show(path)),
+            Op::WriteFile { path, .. } => format!("create file {}", show(path)),
             Op::Symlink { link, .. } => format!("create symlink {}", show(link)),
             Op::Sysfs { target, .. } => format!("mount sysfs on {}", show(target)),
             Op::Bind { target, .. } => format!("bind {}", show(target)),
@@ -323,6 +330,8 @@ pub(crate) struct PlanInput<'a> {
     pub(crate) network: NetworkMode,
     /// Absolute working directory inside the root.
     pub(crate) cwd: &'a str,
+    /// Files for the step's `/dev` (paths already checked to be below it).
+    pub(crate) files: &'a [StepFile],
 }
 
 /// Where the overlay is attached in the child, for `mountpoint`.
@@ -403,6 +412,31 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<Op>, NulError> {
         flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
         data: Some(string("mode=1777,size=65536k")?),
     });
+    // Directories the /dev tmpfs already has at this point.
+    let mut dev_dirs: Vec<String> = vec!["dev/pts".into(), "dev/shm".into()];
+    for file in input.files {
+        let inside = file.path.trim_start_matches('/');
+        let mut dir = String::new();
+        let parents: Vec<&str> = inside.split('/').collect();
+        for component in &parents[..parents.len() - 1] {
+            if !dir.is_empty() {
+                dir.push('/');
+            }
+            dir.push_str(component);
+            if dir != "dev" && !dev_dirs.contains(&dir) {
+                ops.push(Op::Mkdir {
+                    path: at(&dir)?,
+                    mode: 0o755,
+                });
+                dev_dirs.push(dir.clone());
+            }
+        }
+        ops.push(Op::WriteFile {
+            path: at(inside)?,
+            mode: file.mode,
+            content: file.content.clone(),
+        });
+    }
     ops.push(Op::Sysfs {
         target: at("sys")?,
         host: string("/sys")?,
@@ -529,6 +563,67 @@ mod tests {
     }
 
     #[test]
+    fn step_files_go_on_the_dev_tmpfs() {
+        let files = [
+            StepFile {
+                path: "/dev/pipes/EOF".into(),
+                mode: 0o755,
+                content: b"#!/bin/sh\n".to_vec(),
+            },
+            StepFile {
+                path: "/dev/pipes/OTHER".into(),
+                mode: 0o644,
+                content: Vec::new(),
+            },
+            StepFile {
+                path: "/dev/shm/x".into(),
+                mode: 0o600,
+                content: Vec::new(),
+            },
+        ];
+        let input = PlanInput {
+            mountpoint: Path::new("/m"),
+            state_fd: 3,
+            overlay_fd: 4,
+            etc_files: true,
+            hostname: "h",
+            network: NetworkMode::Host,
+            cwd: "/",
+            files: &files,
+        };
+        let ops = plan(&input).unwrap();
+        let root = root_of(Path::new("/m"));
+        let described: Vec<String> = ops.iter().map(|op| op.describe(&root)).collect();
+        let at = |what: &str| described.iter().position(|d| d == what);
+        let shm = at("mount tmpfs on /dev/shm").unwrap();
+        // One directory for both pipes, none for shm, all after /dev is up.
+        assert_eq!(
+            described
+                .iter()
+                .filter(|d| d.starts_with("create directory /dev/"))
+                .collect::<Vec<_>>(),
+            [
+                "create directory /dev/pts",
+                "create directory /dev/shm",
+                "create directory /dev/pipes"
+            ]
+        );
+        let pipes = at("create directory /dev/pipes").unwrap();
+        assert!(shm < pipes && pipes < at("create file /dev/pipes/EOF").unwrap());
+        assert!(at("create file /dev/pipes/OTHER").is_some());
+        assert!(at("create file /dev/shm/x").unwrap() < at("pivot_root").unwrap());
+        let script = ops.iter().find_map(|op| match op {
+            Op::WriteFile {
+                path,
+                mode,
+                content,
+            } if path.as_bytes().ends_with(b"/dev/pipes/EOF") => Some((*mode, content.clone())),
+            _ => None,
+        });
+        assert_eq!(script, Some((0o755, b"#!/bin/sh\n".to_vec())));
+    }
+
+    #[test]
     fn plan_orders_setup_and_names_container_paths() {
         let mountpoint = Path::new("/state/mnt");
         let input = PlanInput {
@@ -539,6 +634,7 @@ mod tests {
             hostname: "box",
             network: NetworkMode::None,
             cwd: "/work",
+            files: &[],
         };
         let ops = plan(&input).unwrap();
         assert!(matches!(ops[0], Op::MakeRootPrivate));

@@ -1,0 +1,514 @@
+//! `build()`: a Dockerfile and its context in, an image in the content store
+//! out.
+//!
+//! The Dockerfile is compiled with a resolver over the local image store,
+//! every base image the target needs is checked before anything runs, and
+//! then the vertices the target needs are run one after the other in
+//! topological order (vertex ids are one). Each op is an
+//! [`Operation`](crate::ops::Operation) over the results of its inputs, so
+//! a parallel scheduler can later run independent vertices at once without
+//! touching the ops. The result's config and manifest are stored as blobs
+//! but not tagged: naming and exporting are the caller's.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use cache::Digest;
+use cache::compression::CompressionOptions;
+use cache::images::{ImageError, ImageStore};
+use cache::snapshot::{SnapshotError, Snapshots};
+use cache::store::{Store, StoreError, StoreLock};
+use frontend::SourceError;
+use frontend::convert::{CompileOptions, Warning, compile};
+use frontend::dockerignore::PatternMatcher;
+use frontend::graph::{NetworkMode, Op, SourcePos, VertexId};
+
+use crate::image::{ImageWriteError, Timestamp, write_image};
+use crate::ops::copy::CopyError;
+use crate::ops::{OpContext, State, operation};
+use crate::resolver::{LocalResolver, error_chain, parse_digest};
+use crate::rootfs::LayerError;
+use crate::sandbox::{CancelHandle, Executor, LinuxExecutor, SandboxError};
+
+/// Everything a build needs besides the store.
+#[derive(Debug, Clone, Default)]
+pub struct BuildRequest {
+    pub dockerfile: Vec<u8>,
+    /// The Dockerfile's path as the user gave it, for messages.
+    pub dockerfile_path: String,
+    pub context_dir: PathBuf,
+    /// The context's `.dockerignore` (already chosen: `Dockerfile.dockerignore`
+    /// beside the Dockerfile wins over the context's).
+    pub ignore: Option<PatternMatcher>,
+    pub options: CompileOptions,
+    /// `--allow network.host`: RUN `--network=host` is permitted.
+    pub network_allowed_host: bool,
+    /// `--allow security.insecure`: RUN `--security=insecure` is permitted.
+    pub allow_security_insecure: bool,
+    /// `--network`: the network of RUN steps that do not choose one
+    /// (`default` is the host's, as BuildKit without CNI).
+    pub network: NetworkMode,
+    /// Clamps layer mtimes and dates the image, for reproducible digests.
+    pub source_date_epoch: Option<i64>,
+    pub layer_compression: CompressionOptions,
+}
+
+impl BuildRequest {
+    /// A request with default options (last stage, gzip layers, no
+    /// `.dockerignore`).
+    pub fn new(
+        dockerfile: impl Into<Vec<u8>>,
+        dockerfile_path: impl Into<String>,
+        context_dir: impl Into<PathBuf>,
+    ) -> Self {
+        let dockerfile_path = dockerfile_path.into();
+        Self {
+            dockerfile: dockerfile.into(),
+            options: CompileOptions {
+                dockerfile_name: dockerfile_path.clone(),
+                ..CompileOptions::default()
+            },
+            dockerfile_path,
+            context_dir: context_dir.into(),
+            ..Self::default()
+        }
+    }
+}
+
+/// The built image, stored in the content store but not tagged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildResult {
+    pub manifest_digest: Digest,
+    /// The image id.
+    pub config_digest: Digest,
+    /// The manifest and config exactly as stored.
+    pub manifest: Vec<u8>,
+    pub config: Vec<u8>,
+    pub warnings: Vec<Warning>,
+}
+
+/// Receives progress while a build runs; called from the building thread.
+pub trait Progress: Send + Sync {
+    fn event(&self, event: &ProgressEvent);
+}
+
+/// A progress sink that drops everything.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn event(&self, _event: &ProgressEvent) {}
+}
+
+/// Which stream of a step a log line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+/// Something that happened to a vertex.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProgressEvent {
+    StepStarted {
+        vertex: VertexId,
+        description: String,
+    },
+    /// One line of a RUN step's output, without its newline.
+    Log {
+        vertex: VertexId,
+        stream: LogStream,
+        line: String,
+    },
+    StepDone {
+        vertex: VertexId,
+        duration: Duration,
+    },
+    StepFailed {
+        vertex: VertexId,
+        message: String,
+    },
+}
+
+/// Why a step (other than a failing command) could not be done.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Sandbox(SandboxError),
+    #[error(transparent)]
+    Layer(#[from] LayerError),
+    #[error("{0}")]
+    NotAllowed(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cannot read image {reference}")]
+    Image {
+        reference: String,
+        #[source]
+        source: ImageError,
+    },
+    #[error("cannot unpack a layer of {reference}")]
+    Snapshot {
+        reference: String,
+        #[source]
+        source: SnapshotError,
+    },
+    #[error("cannot {action} {what}")]
+    Io {
+        action: &'static str,
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What can make a build fail.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The Dockerfile does not parse or compile; render it with
+    /// [`SourceError::render`] and the Dockerfile's bytes.
+    #[error("{0}")]
+    Dockerfile(SourceError),
+    #[error(
+        "image {reference:?} not found in the local store (builder load or builder pull it first)"
+    )]
+    ImageNotFound {
+        reference: String,
+        position: Option<SourcePos>,
+    },
+    /// A RUN command ended with a non-zero status or a signal.
+    #[error("process {command:?} did not complete successfully: exit code: {exit_code}{}", reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default())]
+    StepFailed {
+        vertex: VertexId,
+        description: String,
+        position: Option<SourcePos>,
+        /// The argv, joined with spaces.
+        command: String,
+        exit_code: i32,
+        /// Why, when it is not a plain exit status (a signal, a command that
+        /// was not found).
+        reason: Option<String>,
+        /// The step's last output lines, oldest first.
+        last_lines: Vec<String>,
+    },
+    #[error("{description}")]
+    Copy {
+        vertex: VertexId,
+        description: String,
+        position: Option<SourcePos>,
+        #[source]
+        source: CopyError,
+    },
+    #[error("{description}")]
+    Step {
+        vertex: VertexId,
+        description: String,
+        position: Option<SourcePos>,
+        #[source]
+        source: StepError,
+    },
+    #[error("build cancelled")]
+    Cancelled,
+    #[error("cannot prepare the build")]
+    Setup(#[source] SandboxError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot write the image")]
+    Image(#[from] ImageWriteError),
+}
+
+/// How many output lines a failed step's error keeps.
+pub const LAST_LINES: usize = 10;
+
+impl BuildError {
+    /// Where in the Dockerfile the failing instruction is, if anywhere.
+    pub fn position(&self) -> Option<SourcePos> {
+        match self {
+            BuildError::Dockerfile(e) => Some(e.position.into()),
+            BuildError::ImageNotFound { position, .. }
+            | BuildError::StepFailed { position, .. }
+            | BuildError::Copy { position, .. }
+            | BuildError::Step { position, .. } => *position,
+            _ => None,
+        }
+    }
+
+    /// The error for a person, in the Dockerfile convention: a failed step's
+    /// last output lines (as BuildKit shows them), then `PATH:LINE:COL:
+    /// message` with the causes, the line and a caret; without a position,
+    /// just the message and its causes.
+    pub fn render(&self, dockerfile_path: &str, dockerfile: &[u8]) -> String {
+        if let BuildError::Dockerfile(e) = self {
+            return e.render(dockerfile_path, dockerfile);
+        }
+        let mut out = String::new();
+        if let BuildError::StepFailed {
+            description,
+            last_lines,
+            ..
+        } = self
+        {
+            out.push_str("------\n");
+            out.push_str(&format!(" > {description}:\n"));
+            for line in last_lines {
+                out.push_str(line);
+                out.push('\n');
+            }
+            out.push_str("------\n");
+        }
+        let message = match self {
+            BuildError::StepFailed { description, .. } => format!("{description}: {self}"),
+            _ => error_chain(self),
+        };
+        match self.position() {
+            Some(pos) => out.push_str(
+                &SourceError::new(pos.into(), message).render(dockerfile_path, dockerfile),
+            ),
+            None => {
+                out.push_str(&message);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+/// Builds with the built-in sandbox, whose state lives in `ROOT/sandbox`.
+pub fn build(
+    store: &Store,
+    req: &BuildRequest,
+    progress: &dyn Progress,
+    cancel: &CancelHandle,
+) -> Result<BuildResult, BuildError> {
+    let executor = LinuxExecutor::new(store.root().join("sandbox")).map_err(BuildError::Setup)?;
+    build_with(store, req, &executor, progress, cancel)
+}
+
+/// Builds with `executor` running the RUN steps.
+pub fn build_with(
+    store: &Store,
+    req: &BuildRequest,
+    executor: &dyn Executor,
+    progress: &dyn Progress,
+    cancel: &CancelHandle,
+) -> Result<BuildResult, BuildError> {
+    let images = ImageStore::new(store.clone());
+    let resolver = LocalResolver::new(&images);
+    let compiled =
+        compile(&req.dockerfile, &req.options, &resolver).map_err(BuildError::Dockerfile)?;
+    let mut warnings = compiled.warnings.clone();
+    let graph = &compiled.graph;
+    let target = compiled.target();
+
+    let needed = needed_vertices(graph, target.vertex);
+    let sources = resolve_sources(graph, &needed, &resolver)?;
+    warnings.extend(resolver.take_notes().into_iter().map(|message| Warning {
+        position: None,
+        message,
+    }));
+
+    // Results are released once their last consumer has run.
+    let mut uses = vec![0usize; graph.len()];
+    for &id in &needed {
+        for &input in &graph.vertex(id).inputs {
+            uses[input] += 1;
+        }
+    }
+    let snapshots = Snapshots::new(store);
+    let holds: Mutex<Vec<StoreLock>> = Mutex::new(Vec::new());
+    let mut results: Vec<Option<State>> = (0..graph.len()).map(|_| None).collect();
+    for &id in &needed {
+        if cancel.is_cancelled() {
+            return Err(BuildError::Cancelled);
+        }
+        let vertex = graph.vertex(id);
+        let inputs: Vec<&State> = vertex
+            .inputs
+            .iter()
+            .map(|&i| results[i].as_ref().expect("inputs run first"))
+            .collect();
+        let cx = OpContext {
+            store,
+            snapshots: &snapshots,
+            images: &images,
+            executor,
+            request: req,
+            progress,
+            cancel,
+            vertex_id: id,
+            vertex,
+            source_digest: sources[id],
+            holds: &holds,
+        };
+        let visible = !matches!(vertex.op, Op::Scratch);
+        if visible {
+            progress.event(&ProgressEvent::StepStarted {
+                vertex: id,
+                description: vertex.description.clone(),
+            });
+        }
+        let started = Instant::now();
+        let outcome = operation(&vertex.op).run(&cx, &inputs);
+        drop(inputs);
+        let state = match outcome {
+            Ok(state) => state,
+            Err(err) => {
+                let err = if cancel.is_cancelled() {
+                    BuildError::Cancelled
+                } else {
+                    err
+                };
+                if visible {
+                    progress.event(&ProgressEvent::StepFailed {
+                        vertex: id,
+                        message: error_chain(&err),
+                    });
+                }
+                return Err(err);
+            }
+        };
+        if visible {
+            progress.event(&ProgressEvent::StepDone {
+                vertex: id,
+                duration: started.elapsed(),
+            });
+        }
+        results[id] = Some(state);
+        for &input in &vertex.inputs {
+            uses[input] -= 1;
+            if uses[input] == 0 && input != target.vertex {
+                results[input] = None;
+            }
+        }
+    }
+    if cancel.is_cancelled() {
+        return Err(BuildError::Cancelled);
+    }
+
+    let chain = match results[target.vertex].take() {
+        Some(State::Layers(chain)) => chain,
+        // `FROM` a named local context is not built here yet.
+        _ => {
+            let vertex = graph.vertex(target.vertex);
+            return Err(BuildError::Step {
+                vertex: target.vertex,
+                description: vertex.description.clone(),
+                position: vertex.position,
+                source: StepError::Unsupported(
+                    "a stage based on a local context cannot be the build's result".into(),
+                ),
+            });
+        }
+    };
+    let created = req
+        .source_date_epoch
+        .map_or_else(Timestamp::now, Timestamp::from_unix);
+    let stored = write_image(store, &target.image, &chain, created)?;
+    Ok(BuildResult {
+        manifest_digest: stored.manifest_digest,
+        config_digest: stored.config_digest,
+        manifest: stored.manifest,
+        config: stored.config,
+        warnings,
+    })
+}
+
+/// The vertices `target` depends on (itself included), in id order, which
+/// is a topological order.
+fn needed_vertices(graph: &frontend::graph::BuildGraph, target: VertexId) -> Vec<VertexId> {
+    let mut needed = vec![false; graph.len()];
+    let mut stack = vec![target];
+    while let Some(id) = stack.pop() {
+        if std::mem::replace(&mut needed[id], true) {
+            continue;
+        }
+        stack.extend(graph.vertex(id).inputs.iter().copied());
+    }
+    (0..graph.len()).filter(|&id| needed[id]).collect()
+}
+
+/// The manifest digest of every needed source vertex (indexed by vertex id;
+/// `None` for other ops). Sources the compiler left unresolved (`--from`
+/// images) are looked up now; a missing image fails the build before any
+/// step runs, naming the first instruction that uses it.
+fn resolve_sources(
+    graph: &frontend::graph::BuildGraph,
+    needed: &[VertexId],
+    resolver: &LocalResolver<'_>,
+) -> Result<Vec<Option<Digest>>, BuildError> {
+    let mut digests = vec![None; graph.len()];
+    for &id in needed {
+        let vertex = graph.vertex(id);
+        let Op::Source(op) = &vertex.op else {
+            continue;
+        };
+        let not_found = || BuildError::ImageNotFound {
+            reference: op.reference.clone(),
+            position: vertex.position.or_else(|| first_use(graph, needed, id)),
+        };
+        let digest = match op.digest.as_deref().and_then(parse_digest) {
+            Some(digest) => digest,
+            None => {
+                let name = op.normalized.as_deref().unwrap_or(&op.reference);
+                let found = resolver.lookup(name).map_err(|source| BuildError::Step {
+                    vertex: id,
+                    description: vertex.description.clone(),
+                    position: vertex.position.or_else(|| first_use(graph, needed, id)),
+                    source: StepError::Image {
+                        reference: op.reference.clone(),
+                        source,
+                    },
+                })?;
+                found.ok_or_else(not_found)?.manifest_digest
+            }
+        };
+        digests[id] = Some(digest);
+    }
+    Ok(digests)
+}
+
+/// The position of the first needed vertex that reads `id`.
+fn first_use(
+    graph: &frontend::graph::BuildGraph,
+    needed: &[VertexId],
+    id: VertexId,
+) -> Option<SourcePos> {
+    needed
+        .iter()
+        .map(|&v| graph.vertex(v))
+        .filter(|v| v.inputs.contains(&id))
+        .find_map(|v| v.position)
+}
+
+/// The last lines of a step's output.
+#[derive(Debug, Default)]
+pub(crate) struct Tail {
+    lines: VecDeque<String>,
+}
+
+impl Tail {
+    pub(crate) fn push(&mut self, line: &str) {
+        if self.lines.len() == LAST_LINES {
+            self.lines.pop_front();
+        }
+        self.lines.push_back(line.to_owned());
+    }
+
+    pub(crate) fn into_lines(self) -> Vec<String> {
+        self.lines.into()
+    }
+}
+
+impl fmt::Display for LogStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LogStream::Stdout => "stdout",
+            LogStream::Stderr => "stderr",
+        })
+    }
+}
