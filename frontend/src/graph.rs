@@ -401,6 +401,13 @@ impl BuildGraph {
         Self::default()
     }
 
+    /// An empty graph with room for `vertices` vertices and twice as many edges.
+    pub fn with_capacity(vertices: usize) -> Self {
+        Self {
+            graph: DiGraph::with_capacity(vertices, vertices * 2),
+        }
+    }
+
     /// Adds a vertex; an edge is added from every input, with its slot.
     ///
     /// # Panics

@@ -139,6 +139,7 @@ impl<'a> Converter<'a> {
         loc: &'a Locator,
         global: GlobalArgs,
         single_stage: bool,
+        expected_vertices: usize,
     ) -> Self {
         let proxy = proxy_env(&opts.build_args)
             .into_iter()
@@ -148,7 +149,7 @@ impl<'a> Converter<'a> {
             opts,
             lexer,
             loc,
-            graph: BuildGraph::new(),
+            graph: BuildGraph::with_capacity(expected_vertices),
             global,
             proxy,
             states: Vec::new(),
@@ -422,6 +423,7 @@ impl<'a> Converter<'a> {
             st.user = st.image.config.user.clone().filter(|u| !u.is_empty());
         }
 
+        st.image.history.reserve(sp.commands.len());
         for planned in &sp.commands {
             st.in_onbuild = planned.onbuild;
             self.dispatch(plan, &mut st, planned)?;

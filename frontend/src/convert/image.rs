@@ -1,6 +1,7 @@
 //! The image config each stage produces: docker/OCI JSON field names, history
 //! entries worded like BuildKit's.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -149,7 +150,7 @@ pub struct History {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub author: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub comment: Option<String>,
+    pub comment: Option<Cow<'static, str>>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub empty_layer: bool,
 }
@@ -182,7 +183,7 @@ impl ImageConfig {
             created: None,
             created_by,
             author: None,
-            comment: Some(HISTORY_COMMENT.into()),
+            comment: Some(Cow::Borrowed(HISTORY_COMMENT)),
             empty_layer: !with_layer,
         });
     }

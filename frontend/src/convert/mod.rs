@@ -274,6 +274,12 @@ pub fn compile_ast(
         &loc,
         global,
         df.stages.len() == 1 && !plan.uses_images(),
+        // At most one vertex per FROM, RUN, COPY, ADD and WORKDIR, plus shared ones.
+        reachable
+            .iter()
+            .map(|&i| plan.stages[i].vertex_estimate())
+            .sum::<usize>()
+            + 4,
     );
     for &i in &reachable {
         conv.dispatch_stage(&plan, i)?;

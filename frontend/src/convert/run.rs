@@ -1,6 +1,7 @@
 //! RUN: the command line after SHELL and heredocs, its environment, and
 //! `--mount`s with their inputs.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashSet};
 
 use super::dispatch::{Converter, StageState, clean_path, with_shell};
@@ -10,7 +11,7 @@ use crate::error::SourceError;
 use crate::graph::{
     ExecMount, ExecMountKind, ExecOp, InlineFile, NetworkMode, Op, SecurityMode, Shared,
 };
-use crate::instructions::mount::{self, MountType};
+use crate::instructions::mount::{self, Mount, MountType};
 use crate::instructions::{Command, Run, heredoc_marker};
 
 impl Converter<'_> {
@@ -71,12 +72,23 @@ impl Converter<'_> {
         let mut inputs = vec![st.tip];
         let mut ssh_count = 0;
         for (n, m) in run.mounts.iter().enumerate() {
-            let mut expand = |v: &str| exp.word(v).map_err(|e| e.message);
-            let parsed = mount::parse(&m.raw, mount::Values::Expand(&mut expand))
-                .map_err(|e| {
-                    SourceError::new(self.loc.find_after(cmd.span, &m.raw, &e.token), e.message)
-                })?
-                .expect("expanded mounts are always parsed");
+            // A mount parsed at instruction level had only literal values:
+            // expansion would not change it.
+            let parsed: Cow<'_, Mount> = match &m.parsed {
+                Some(p) => Cow::Borrowed(p),
+                None => {
+                    let mut expand = |v: &str| exp.word(v).map_err(|e| e.message);
+                    let p = mount::parse(&m.raw, mount::Values::Expand(&mut expand))
+                        .map_err(|e| {
+                            SourceError::new(
+                                self.loc.find_after(cmd.span, &m.raw, &e.token),
+                                e.message,
+                            )
+                        })?
+                        .expect("expanded mounts are always parsed");
+                    Cow::Owned(p)
+                }
+            };
             let target = parsed.target.as_deref().map(|t| {
                 if t.starts_with('/') {
                     clean_path(t)

@@ -213,6 +213,25 @@ fn display_name(s: &Stage, i: usize) -> String {
     s.name.clone().unwrap_or_else(|| format!("stage-{i}"))
 }
 
+impl StagePlan<'_> {
+    /// The most vertices dispatching this stage can create.
+    pub(crate) fn vertex_estimate(&self) -> usize {
+        1 + self
+            .commands
+            .iter()
+            .filter(|c| {
+                matches!(
+                    c.cmd.instruction,
+                    Instruction::Run(_)
+                        | Instruction::Copy(_)
+                        | Instruction::Add(_)
+                        | Instruction::Workdir { .. }
+                )
+            })
+            .count()
+    }
+}
+
 impl<'a> Plan<'a> {
     fn lookup(&self, name: &str) -> Option<SourceRef> {
         if let Some(&i) = self.names.get(&name.to_ascii_lowercase()) {
