@@ -49,7 +49,7 @@ pub(crate) struct Planned<'a> {
     pub(crate) cmd: Cow<'a, Command>,
     /// Came from an ONBUILD trigger of the base.
     pub(crate) onbuild: bool,
-    /// COPY: one entry (the `--from`). RUN: one entry per `--mount`.
+    /// COPY: the `--from`, if any. RUN: one entry per `--mount`.
     pub(crate) sources: Vec<Option<SourceRef>>,
 }
 
@@ -249,7 +249,7 @@ impl<'a> Plan<'a> {
         match &c.instruction {
             Instruction::Copy(copy) => {
                 let Some(from) = &copy.from else {
-                    return Ok(vec![None]);
+                    return Ok(Vec::new());
                 };
                 let at = || self.loc.find(c.span, "--from");
                 let literal = lexer
