@@ -39,7 +39,18 @@ fn fixture() -> Option<&'static Fixture> {
                 eprintln!("skipping sandbox root tests: {reason}");
                 return None;
             }
-            let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sandbox_root");
+            // One directory per test process: the helper process below runs
+            // beside its parent. Those of dead processes are cleared.
+            let parent = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sandbox_root");
+            fs::create_dir_all(&parent).unwrap();
+            for entry in fs::read_dir(&parent).unwrap() {
+                let name = entry.unwrap().file_name();
+                let alive = Path::new("/proc").join(&name).exists();
+                if !alive {
+                    let _ = fs::remove_dir_all(parent.join(name));
+                }
+            }
+            let base = parent.join(std::process::id().to_string());
             let _ = fs::remove_dir_all(&base);
             let rootfs = base.join("rootfs");
             busybox_rootfs(&rootfs).expect("build busybox rootfs");
@@ -751,6 +762,7 @@ fn nothing_is_mounted_in_the_hosts_namespace() {
     let f = fixture!();
     let spec = f.sh("echo ready; sleep 0.5");
     let upper = spec.rootfs.upperdir.to_string_lossy().into_owned();
+    let state = f.base.join("state").to_string_lossy().into_owned();
     let mut host_mounts = None;
     let mut sink = LineSink::new(|line: &[u8]| {
         if line == b"ready" {
@@ -764,7 +776,7 @@ fn nothing_is_mounted_in_the_hosts_namespace() {
     drop(sink);
     assert!(outcome.termination.success());
     let host_mounts = host_mounts.expect("no output while the step ran");
-    for needle in [upper.as_str(), "sandbox_root/state"] {
+    for needle in [upper.as_str(), state.as_str()] {
         assert!(
             !host_mounts.contains(needle),
             "{needle} in host mounts:\n{host_mounts}"
@@ -826,4 +838,155 @@ fn invalid_specs_are_rejected_before_anything_runs() {
         .err()
         .expect("workdir under a file accepted");
     assert!(matches!(err, SandboxError::Workdir { .. }), "{err:?}");
+}
+
+/// Processes whose command line contains `marker`, after waiting up to 5 s
+/// for there to be none.
+fn survivors(marker: &str) -> Vec<u32> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = processes_with(marker);
+        if left.is_empty() || Instant::now() > deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn background_processes_die_with_the_step() {
+    let f = fixture!();
+    let n = 200_000 + (std::process::id() % 50_000);
+    let marker = format!("sleep\0{n}");
+    let ran = f.run(&f.sh(&format!("sleep {n} & sleep {n} & echo started")));
+    assert_eq!(ran.assert_ok(), "started\n");
+    // PID 1 exited, so the kernel killed the rest of the namespace before
+    // the exit was reported: nothing is left right away.
+    assert_eq!(processes_with(&marker), Vec::<u32>::new());
+}
+
+const HELPER_SCRIPT: &str = "SANDBOX_ROOT_HELPER_SCRIPT";
+
+/// Not a test: the body of the helper process the two tests below start,
+/// which runs one step with builder's own stdin, stdout and stderr.
+#[test]
+#[ignore = "helper process for other tests"]
+fn helper_runs_a_step_with_inherited_stdio() {
+    let Ok(script) = std::env::var(HELPER_SCRIPT) else {
+        panic!("run by other tests only");
+    };
+    let f = fixture().expect("helper runs only where the sandbox can");
+    let outcome = f
+        .executor
+        .run(&f.sh(&script), StepIo::inherit(), &CancelHandle::new())
+        .unwrap();
+    println!("helper outcome: {}", outcome.termination);
+}
+
+fn helper(script: &str) -> std::process::Command {
+    let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+    command
+        .args([
+            "--ignored",
+            "--exact",
+            "helper_runs_a_step_with_inherited_stdio",
+        ])
+        .args(["--nocapture", "--test-threads=1"])
+        .env(HELPER_SCRIPT, script);
+    command
+}
+
+#[test]
+fn inherited_stdio_connects_the_callers_streams() {
+    let _ = fixture!();
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let mut child = helper("cat; echo to-stdout; echo to-stderr >&2; exit 4")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"from stdin\n")
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "helper failed: {stdout}{stderr}");
+    assert!(stdout.contains("from stdin\nto-stdout\n"), "{stdout}");
+    assert!(stdout.contains("helper outcome: exit code 4"), "{stdout}");
+    assert!(stderr.contains("to-stderr\n"), "{stderr}");
+}
+
+#[test]
+fn the_step_dies_with_builder() {
+    let _ = fixture!();
+    use std::io::BufRead as _;
+    use std::process::Stdio;
+    let n = 300_000 + (std::process::id() % 50_000);
+    let marker = format!("sleep\0{n}");
+    /// Kills the helper whatever happens, so a failing test leaves nothing.
+    struct Helper(std::process::Child);
+    impl Drop for Helper {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Helper(
+        helper(&format!("sleep {n} & echo ready; sleep {n}"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stdout = std::io::BufReader::new(child.0.stdout.take().unwrap());
+    let mut line = String::new();
+    // The harness may have printed "test <name> ... " on the same line.
+    while !line.trim_end().ends_with("ready") {
+        line.clear();
+        assert_ne!(
+            stdout.read_line(&mut line).unwrap(),
+            0,
+            "helper ended early"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while processes_with(&marker).len() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(processes_with(&marker).len(), 2, "step processes not found");
+    // Builder killed outright: no chance to clean up, so only the kernel's
+    // parent-death signal can end the step.
+    drop(child);
+    let left = survivors(&marker);
+    assert!(left.is_empty(), "step outlived builder: {left:?}");
+}
+
+#[test]
+fn signals_are_forwarded_to_a_step_that_handles_them() {
+    let f = fixture!();
+    let spec = f.sh("trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.05; done");
+    let cancel = CancelHandle::new();
+    let mut lines = Vec::new();
+    let mut sink = LineSink::new(|line: &[u8]| {
+        if line == b"ready" {
+            assert!(cancel.signal(nix::sys::signal::Signal::SIGTERM));
+        }
+        lines.push(String::from_utf8_lossy(line).into_owned());
+    });
+    let outcome = f
+        .executor
+        .run(&spec, StepIo::combined(&mut sink), &cancel)
+        .unwrap();
+    drop(sink);
+    assert_eq!(outcome.termination, Termination::Exited(7));
+    assert_eq!(lines, vec!["ready", "got-term"]);
+    assert!(!cancel.is_cancelled());
+    // Nothing is attached any more once the step is over.
+    assert!(!cancel.signal(nix::sys::signal::Signal::SIGTERM));
 }
