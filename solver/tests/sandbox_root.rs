@@ -990,3 +990,32 @@ fn signals_are_forwarded_to_a_step_that_handles_them() {
     // Nothing is attached any more once the step is over.
     assert!(!cancel.signal(nix::sys::signal::Signal::SIGTERM));
 }
+
+#[test]
+fn a_failing_setup_step_is_named_with_its_errno() {
+    let f = fixture!();
+    // More supplementary groups than the kernel's NGROUPS_MAX (65536): only
+    // setgroups in the child can find out.
+    let layer = f.base.join(unique("many-groups"));
+    fs::create_dir_all(layer.join("etc")).unwrap();
+    let mut group = String::from("root:x:0:\ntest:x:1000:\n");
+    for gid in 2000..2000 + 65_537 {
+        group.push_str(&format!("g{gid}:x:{gid}:test\n"));
+    }
+    fs::write(layer.join("etc/group"), group).unwrap();
+    let mut spec = f.spec_on(vec![f.rootfs.clone(), layer], &["true"]);
+    spec.user = TEST_USER.parse().unwrap();
+    let err = f
+        .try_run(&spec)
+        .err()
+        .expect("setgroups with 65538 groups succeeded");
+    assert_eq!(
+        err.to_string(),
+        "sandbox setup failed: set supplementary groups"
+    );
+    assert!(
+        matches!(&err, SandboxError::Setup { source, .. } if *source == nix::errno::Errno::EINVAL),
+        "{err:?}"
+    );
+    assert!(tree(&spec.rootfs.upperdir).is_empty());
+}

@@ -1,6 +1,7 @@
 //! USER of a step: parsing `user[:group]` and resolving it through the
 //! image's `/etc/passwd` and `/etc/group` the way runc does for docker.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::io;
 use std::str::FromStr;
@@ -231,12 +232,9 @@ pub fn resolve(
         }
     }
     groups.insert(0, gid);
-    let mut seen = Vec::with_capacity(groups.len());
-    groups.retain(|g| {
-        let new = !seen.contains(g);
-        seen.push(*g);
-        new
-    });
+    // An image may list a user in thousands of groups.
+    let mut seen = HashSet::with_capacity(groups.len());
+    groups.retain(|g| seen.insert(*g));
     Ok(ResolvedUser {
         uid,
         gid,
