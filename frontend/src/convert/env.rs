@@ -89,9 +89,14 @@ impl<'s> Expander<'s> {
     /// escapes and (when quotes are removed) no quotes. Most words are
     /// like that, and the lexer is the costly part of conversion.
     fn is_literal(&self, w: &str, quotes_matter: bool) -> bool {
-        !w.chars().any(|c| {
-            c == '$' || c == self.lexer.escape || (quotes_matter && (c == '\'' || c == '"'))
-        })
+        let mut buf = [0u8; 4];
+        let escape = self.lexer.escape.encode_utf8(&mut buf).as_bytes();
+        if escape.len() != 1 {
+            return false;
+        }
+        let escape = escape[0];
+        !w.bytes()
+            .any(|b| b == b'$' || b == escape || (quotes_matter && (b == b'\'' || b == b'"')))
     }
 
     /// One word, quotes removed; an error points at the word.
@@ -109,6 +114,13 @@ impl<'s> Expander<'s> {
 
     /// A word split into several after expansion (EXPOSE).
     pub(crate) fn words(&mut self, w: &str) -> Result<Vec<String>, SourceError> {
+        if self.is_literal(w, true) && !w.chars().any(char::is_whitespace) {
+            return Ok(if w.is_empty() {
+                Vec::new()
+            } else {
+                vec![w.to_string()]
+            });
+        }
         let err =
             |e: crate::shell::ShellError| SourceError::new(self.loc.find(self.span, w), e.message);
         let words = self.lexer.process_words(w, self.env).map_err(err)?;
@@ -145,5 +157,64 @@ impl<'s> Expander<'s> {
         let kw_len = text.find(' ').unwrap_or(text.len());
         text[..kw_len].make_ascii_uppercase();
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shortcut for words without `$`, quotes or escapes must give what
+    /// the lexer gives.
+    #[test]
+    fn literal_shortcut_agrees_with_the_lexer() {
+        let mut env = EnvState::default();
+        env.set("A", "x");
+        let loc = Locator::empty();
+        let span = Span {
+            start_line: 1,
+            end_line: 1,
+        };
+        let samples = [
+            "plain",
+            "/usr/local/bin",
+            "a=b",
+            "{x}",
+            "~/.cache",
+            "100%",
+            "a,b;c|d&e",
+            "é ünïcode",
+            "*.go",
+            "[x]",
+            "#hash",
+            "",
+        ];
+        for lexer in [Lexer::new('\\'), Lexer::new('`')] {
+            let mut exp = Expander::new(lexer, &env, &loc, span);
+            for w in samples {
+                assert!(exp.is_literal(w, true), "{w}");
+                assert_eq!(
+                    exp.word(w).unwrap(),
+                    lexer.process_word(w, &env).unwrap().value,
+                    "{w}"
+                );
+                assert_eq!(
+                    exp.words(w).unwrap(),
+                    lexer.process_words(w, &env).unwrap(),
+                    "{w}"
+                );
+            }
+            assert!(!exp.is_literal("$A", true));
+            assert!(!exp.is_literal("'q'", true));
+            assert!(exp.is_literal("'q'", false));
+            assert_eq!(exp.word("$A").unwrap(), "x");
+            assert_eq!(exp.matched.iter().collect::<Vec<_>>(), ["A"]);
+        }
+        let exp = Expander::new(Lexer::new('\\'), &env, &loc, span);
+        assert!(!exp.is_literal("a\\b", true));
+        let exp = Expander::new(Lexer::new('`'), &env, &loc, span);
+        assert!(!exp.is_literal("a`b", true));
+        assert!(exp.is_literal("a\\b", true));
+        assert_eq!(exp.display("run echo $A 'q'"), "RUN echo x 'q'");
     }
 }
