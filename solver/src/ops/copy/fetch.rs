@@ -102,8 +102,14 @@ pub(super) struct Fetcher {
 }
 
 impl Fetcher {
-    pub(super) fn new() -> Result<Fetcher, CopyError> {
-        let roots = trusted_roots()?;
+    /// `strict`: some URL is `https://`, so roots that cannot be loaded
+    /// are an error rather than a fall back to the compiled-in ones.
+    pub(super) fn new(strict: bool) -> Result<Fetcher, CopyError> {
+        let roots = match trusted_roots() {
+            Ok(roots) => roots,
+            Err(e) if strict => return Err(e),
+            Err(_) => RootCerts::WebPki,
+        };
         let config = ureq::Agent::config_builder()
             .tls_config(TlsConfig::builder().root_certs(roots).build())
             .http_status_as_error(false)

@@ -309,7 +309,10 @@ pub fn apply_copy(op: &CopyOp, cx: &CopyContext<'_>) -> Result<CopyStats, CopyEr
             }
             CopySource::Url { url, filename } => {
                 if fetcher.is_none() {
-                    fetcher = Some(fetch::Fetcher::new()?);
+                    let tls = op.sources.iter().any(
+                        |s| matches!(s, CopySource::Url { url, .. } if url.starts_with("https://")),
+                    );
+                    fetcher = Some(fetch::Fetcher::new(tls)?);
                 }
                 let fetcher = fetcher.as_ref().expect("just set");
                 let download = fetcher.fetch(url, op.checksum.as_deref(), cx.cancel)?;
