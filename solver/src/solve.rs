@@ -12,6 +12,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -51,6 +52,8 @@ pub struct BuildRequest {
     /// `--network`: the network of RUN steps that do not choose one
     /// (`default` is the host's, as BuildKit without CNI).
     pub network: NetworkMode,
+    /// `--add-host`: extra `/etc/hosts` entries of every RUN step.
+    pub extra_hosts: Vec<(String, IpAddr)>,
     /// Clamps layer mtimes and dates the image, for reproducible digests.
     pub source_date_epoch: Option<i64>,
     pub layer_compression: CompressionOptions,

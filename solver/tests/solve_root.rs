@@ -554,12 +554,20 @@ fn unknown_user_and_forbidden_network_are_clear_errors() {
         .unwrap_err();
     let text = chain(&err);
     assert!(text.contains("--allow network.host"), "{text}");
-    let mut req = f.request("FROM busybox:test\nRUN --network=none ip -o link > /links\n");
+    let mut req = f.request(
+        "FROM busybox:test\n\
+         RUN --network=none ip -o link > /links\n\
+         RUN --network=host grep db.internal /etc/hosts > /hosts\n",
+    );
     req.network_allowed_host = true;
+    req.extra_hosts = vec![("db.internal".into(), "10.1.2.3".parse().unwrap())];
     let built = Built::new(&f, f.build_request(&req).unwrap());
     let links = built.read("/links");
     assert_eq!(links.lines().count(), 1, "{links}");
     assert!(links.contains(": lo:"), "{links}");
+    assert_eq!(built.read("/hosts"), "10.1.2.3\tdb.internal\n");
+    // The step's /etc/hosts is bound in, never part of a layer.
+    assert!(!built.path("/etc/hosts").exists());
     f.assert_clean();
 }
 

@@ -57,6 +57,7 @@ impl Operation for ExecOp {
         spec.cwd = self.cwd.clone();
         spec.hostname = hostname();
         spec.network = network;
+        spec.extra_hosts = cx.request.extra_hosts.clone();
         spec.files = self
             .files
             .iter()
