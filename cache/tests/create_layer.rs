@@ -712,3 +712,45 @@ fn real_overlay_upperdir_as_root() {
         );
     }
 }
+
+/// A sink that breaks after its first megabyte, like a full disk.
+struct Breaks(usize);
+
+impl std::io::Write for Breaks {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0 >= 1 << 20 {
+            // Slow to fail, so that the tar thread is waiting for a free
+            // buffer by then.
+            std::thread::sleep(Duration::from_millis(300));
+            return Err(std::io::Error::other("disk full"));
+        }
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn failing_writer_stops_the_tar_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    // Sparse, so reading it is fast: far more than the buffers in flight.
+    File::create(dir.path().join("big"))
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = dir.path().to_path_buf();
+    std::thread::spawn(move || {
+        let _ = tx.send(write_layer_tar(&path, &CreateOptions::default(), Breaks(0)));
+    });
+    let result = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("write_layer_tar hangs after a write error");
+    match result {
+        Err(CreateError::Write(e)) => assert_eq!(e.to_string(), "disk full"),
+        other => panic!("expected the writer's error, got {other:?}"),
+    }
+}

@@ -190,9 +190,11 @@ fn stream_tar(
             // The producer may have finished and dropped its receiver.
             let _ = free_tx.send(chunk.buf);
         }
-        // Dropping the receiver makes a producer blocked on a full channel
-        // stop with an error, which the consumer's error then supersedes.
+        // Closing both channels makes a producer blocked on either (a full
+        // channel, or no free buffer) stop with an error, which the
+        // consumer's error then supersedes.
         drop(full_rx);
+        drop(free_tx);
         let produced = producer
             .join()
             .unwrap_or_else(|p| std::panic::resume_unwind(p));
