@@ -255,9 +255,7 @@ pub(super) fn extract(
                 .link_name_bytes()
                 .ok_or_else(|| bad(format!("symlink {shown} has no target")))?
                 .into_owned();
-            let target = std::ffi::OsString::from(
-                <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(target),
-            );
+            let target = <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(target);
             std::os::unix::fs::symlink(&target, &host)
                 .map_err(io_bad(format!("create symlink {shown}")))?;
             set_owner(&host)?;
