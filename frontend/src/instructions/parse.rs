@@ -44,8 +44,20 @@ pub enum Parsed {
 ///
 /// The tree is consumed: its strings move into the typed commands.
 pub fn parse_dockerfile(ast: Ast, loc: &Locator) -> Result<Dockerfile, SourceError> {
+    // Stage sizes are known up front: reserving them avoids growing large
+    // vectors instruction by instruction.
+    let is_from = |n: &Node| n.value.eq_ignore_ascii_case("from");
+    let mut sizes = Vec::new();
+    for n in &ast.children {
+        match sizes.last_mut() {
+            _ if is_from(n) => sizes.push(0usize),
+            Some(count) => *count += 1,
+            None => {}
+        }
+    }
+    let mut sizes = sizes.into_iter();
     let mut meta_args = Vec::new();
-    let mut stages: Vec<Stage> = Vec::new();
+    let mut stages: Vec<Stage> = Vec::with_capacity(sizes.len());
     for mut node in ast.children {
         match (Parser {
             node: &mut node,
@@ -53,7 +65,10 @@ pub fn parse_dockerfile(ast: Ast, loc: &Locator) -> Result<Dockerfile, SourceErr
         })
         .parse(false)?
         {
-            Parsed::Stage(s) => stages.push(s),
+            Parsed::Stage(mut s) => {
+                s.commands.reserve(sizes.next().unwrap_or(0));
+                stages.push(s);
+            }
             Parsed::Command(c) => match stages.last_mut() {
                 Some(stage) => stage.commands.push(c),
                 None if matches!(c.instruction, Instruction::Arg { .. }) => meta_args.push(c),
