@@ -149,8 +149,12 @@ fn oci_archive_round_trip_keeps_the_manifest_digest_and_satisfies_skopeo_and_umo
     );
 
     // The store is an OCI layout that skopeo reads directly.
-    let in_store = skopeo_inspect(&format!("oci:{}:docker.io/library/app:1", root1.display()));
+    let in_store = skopeo_inspect(&format!("oci:{}:app:1", root1.display()));
     assert_eq!(in_store["Digest"], fx.manifest_digest.as_str());
+    // `app` means `app:latest`, for skopeo too.
+    run(builder(&root1).args(["tag", "app:1", "app"]));
+    let latest = skopeo_inspect(&format!("oci:{}:app", root1.display()));
+    assert_eq!(latest["Digest"], fx.manifest_digest.as_str());
 
     let saved = fx.path("saved.tar");
     run(builder(&root1)

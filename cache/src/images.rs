@@ -1,8 +1,11 @@
 //! Local image store: tags as index.json entries with org.opencontainers.image.ref.name.
 //!
 //! The store root is an OCI image layout, so the image store is its
-//! `index.json`: one manifest descriptor per name, the docker-normalised full
-//! reference (`docker.io/library/app:latest`) in the `ref.name` annotation.
+//! `index.json`: one manifest descriptor per name. The `ref.name` annotation
+//! holds the name as a person types it (`app` for `app:latest`, `app:1`,
+//! `localhost:5000/x:1`), so `skopeo inspect oci:$ROOT:app` finds it, and
+//! containerd's `io.containerd.image.name` holds the docker-normalised full
+//! reference (`docker.io/library/app:latest`), which is what lookups use.
 //! An image without a name (loaded from an unnamed archive) keeps an entry
 //! without annotation so that it stays listed and is not collected. Blobs are
 //! never removed here; an image that loses its last entry is left to GC.
@@ -155,6 +158,17 @@ impl ImageName {
     /// The name as docker shows it: `app:latest`.
     pub fn familiar(&self) -> String {
         format!("{}:{}", self.familiar_repository(), self.tag)
+    }
+
+    /// The shortest name that normalises back to this one: `app` for
+    /// `app:latest`, else [`ImageName::familiar`]. Stored as the OCI
+    /// `ref.name`, so OCI tools address `oci:ROOT:app` as docker users would.
+    pub fn short(&self) -> String {
+        if self.tag == "latest" {
+            self.familiar_repository()
+        } else {
+            self.familiar()
+        }
     }
 
     /// Whether `reference` names the same repository (ignoring tag and digest).
@@ -470,10 +484,12 @@ struct Entry {
 
 fn entry_of(d: &Descriptor) -> Option<Entry> {
     let digest = d.digest().to_string().parse().ok()?;
-    let name = d
-        .annotations()
-        .as_ref()
-        .and_then(|a| a.get(ANNOTATION_REF_NAME))
+    let annotations = d.annotations().as_ref();
+    let name = annotations
+        .and_then(|a| {
+            a.get(ANNOTATION_IMAGE_NAME)
+                .or_else(|| a.get(ANNOTATION_REF_NAME))
+        })
         .and_then(|n| n.parse().ok());
     Some(Entry { name, digest })
 }
@@ -490,10 +506,10 @@ fn index_descriptor(
         digest,
     );
     if let Some(name) = name {
-        d.set_annotations(Some(HashMap::from([(
-            ANNOTATION_REF_NAME.to_string(),
-            name.full(),
-        )])));
+        d.set_annotations(Some(HashMap::from([
+            (ANNOTATION_REF_NAME.to_string(), name.short()),
+            (ANNOTATION_IMAGE_NAME.to_string(), name.full()),
+        ])));
     }
     Ok(d)
 }

@@ -128,10 +128,16 @@ fn index_json_holds_full_names_canonically() {
                 .unwrap()
         })
         .collect();
-    assert_eq!(
-        names,
-        ["docker.io/library/app:latest", "localhost:5000/x:1"]
-    );
+    assert_eq!(names, ["app", "localhost:5000/x:1"]);
+    let full: Vec<&str> = entries
+        .iter()
+        .map(|e| {
+            e["annotations"]["io.containerd.image.name"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(full, ["docker.io/library/app:latest", "localhost:5000/x:1"]);
     for e in entries {
         assert_eq!(e["digest"], m.to_string());
         assert_eq!(e["mediaType"], images::MEDIA_TYPE_OCI_MANIFEST);
@@ -202,6 +208,10 @@ fn tagging_an_unnamed_image_replaces_its_nameless_entry() {
     assert_eq!(entries.len(), 1);
     assert_eq!(
         entries[0]["annotations"]["org.opencontainers.image.ref.name"],
+        "app:1"
+    );
+    assert_eq!(
+        entries[0]["annotations"]["io.containerd.image.name"],
         "docker.io/library/app:1"
     );
 }
