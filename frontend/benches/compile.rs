@@ -1,6 +1,9 @@
 //! Parse + compile time of a generated 5,000-instruction, multi-stage
 //! Dockerfile that uses every instruction. Run with
-//! `cargo bench -p frontend --bench compile`; prints min/median/max.
+//! `cargo bench -p frontend --bench compile`; prints the allocation count of
+//! one compilation (independent of machine load), then min/median/max wall
+//! time over many runs (the minimum is the uncontended figure on a shared
+//! machine) and the mean CPU time.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::fmt::Write as _;
@@ -147,7 +150,7 @@ fn main() {
         compiled.stages.len(),
         compiled.graph.len()
     );
-    let iterations = 50;
+    let iterations = 200;
     let mut times: Vec<Duration> = Vec::with_capacity(iterations);
     // Freeing a result happens after its time is taken: it is not part of
     // compiling (the CPU time below does include it).
