@@ -4,7 +4,7 @@
 //!
 //! `cargo bench -p cache --bench layers`. The tree is generated once under
 //! `$BUILDER_BENCH_DIR` (default `target/bench-layers`) and reused while its
-//! marker matches; `BUILDER_BENCH_REPEAT` (default 2) runs each measurement
+//! marker matches; `BUILDER_BENCH_REPEAT` (default 3) runs each measurement
 //! that many times and keeps the best, since the machine may be shared.
 
 use std::fs::{self, File};
@@ -291,7 +291,7 @@ fn main() {
     let repeat: usize = std::env::var("BUILDER_BENCH_REPEAT")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(2)
+        .unwrap_or(3)
         .max(1);
     // Comma-separated subset of plain,zstd,gzip,unpack, for profiling.
     let only = std::env::var("BUILDER_BENCH_ONLY").ok();
