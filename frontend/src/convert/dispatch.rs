@@ -65,7 +65,10 @@ impl StageState {
     }
 
     pub(crate) fn set_env(&mut self, key: &str, value: &str) {
-        self.run_prefix = None;
+        // The RUN history prefix shows ARG values only.
+        if self.run_prefix.is_some() && self.args.iter().any(|(k, _)| k == key) {
+            self.run_prefix = None;
+        }
         self.env.set(key, value);
     }
 

@@ -246,7 +246,7 @@ impl Converter<'_> {
             .filter(|kv| kv.split_once('=').is_some_and(|(k, _)| !st.env.contains(k)))
             .cloned()
             .collect();
-        let history = format!("RUN {}", run_command_string(&args, st));
+        let history = run_command_string(&args, st);
         let op = ExecOp {
             args,
             env: st.env.list(),
@@ -272,17 +272,25 @@ impl Converter<'_> {
     }
 }
 
-/// BuildKit's history text: `|N k=v … ` for the ARGs in scope, then the argv.
+/// BuildKit's history text: `RUN |N k=v … ` for the ARGs in scope, then the argv.
 fn run_command_string(args: &[String], st: &mut StageState) -> String {
     let prefix = st
         .run_prefix
         .get_or_insert_with(|| build_args_prefix(&st.args, &st.env));
-    let mut out = prefix.clone();
+    let len =
+        4 + prefix.len() + args.iter().map(|a| a.len() + 1).sum::<usize>() + " # buildkit".len();
+    let mut out = String::with_capacity(len);
+    out.push_str("RUN");
+    if !prefix.is_empty() {
+        out.push(' ');
+        out.push_str(prefix);
+    }
     for a in args {
-        if !out.is_empty() {
-            out.push(' ');
-        }
+        out.push(' ');
         out.push_str(a);
+    }
+    if prefix.is_empty() && args.is_empty() {
+        out.push(' ');
     }
     out
 }
