@@ -215,7 +215,7 @@ impl Converter<'_> {
             description,
             Some(st.index),
             Some(cmd.position),
-            deps.into(),
+            deps,
         );
         st.image.commit(history, true, true);
         Ok(())

@@ -133,6 +133,7 @@ pub(crate) struct Converter<'a> {
     contexts: BTreeMap<String, ContextUse>,
     images: HashMap<(String, String), VertexId>,
     single_stage: bool,
+    empty_deps: Shared<BTreeSet<String>>,
 }
 
 impl<'a> Converter<'a> {
@@ -162,10 +163,29 @@ impl<'a> Converter<'a> {
             contexts: BTreeMap::new(),
             images: HashMap::new(),
             single_stage,
+            empty_deps: Shared::default(),
         }
     }
 
     pub(crate) fn add_vertex(
+        &mut self,
+        op: Op,
+        inputs: Vec<VertexId>,
+        description: String,
+        stage: Option<usize>,
+        position: Option<Position>,
+        build_args: BTreeSet<String>,
+    ) -> VertexId {
+        // Most vertices depend on no build arg: share one empty set.
+        let build_args = if build_args.is_empty() {
+            self.empty_deps.clone()
+        } else {
+            Shared::new(build_args)
+        };
+        self.add_vertex_shared(op, inputs, description, stage, position, build_args)
+    }
+
+    pub(crate) fn add_vertex_shared(
         &mut self,
         op: Op,
         inputs: Vec<VertexId>,
@@ -194,7 +214,7 @@ impl<'a> Converter<'a> {
             "scratch".into(),
             None,
             None,
-            Shared::default(),
+            BTreeSet::new(),
         );
         self.scratch = Some(v);
         v
@@ -216,7 +236,7 @@ impl<'a> Converter<'a> {
                     all: false,
                     include: Vec::new(),
                 });
-                let v = self.add_vertex(op, vec![], description, None, None, Shared::default());
+                let v = self.add_vertex(op, vec![], description, None, None, BTreeSet::new());
                 self.contexts.insert(
                     name.to_string(),
                     ContextUse {
@@ -269,7 +289,7 @@ impl<'a> Converter<'a> {
             platform: platform.to_string(),
             digest: None,
         });
-        let v = self.add_vertex(op, vec![], description, None, None, Shared::default());
+        let v = self.add_vertex(op, vec![], description, None, None, BTreeSet::new());
         self.images.insert(key, v);
         v
     }
@@ -397,7 +417,7 @@ impl<'a> Converter<'a> {
                             description,
                             Some(i),
                             Some(def.position),
-                            sp.base_args.clone().into(),
+                            sp.base_args.clone(),
                         )
                     }
                     Base::Stage(_) => unreachable!(),

@@ -12,17 +12,19 @@ use crate::shell::Lexer;
 /// changes.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct EnvState {
-    /// `(key, "key=value")`.
-    entries: Vec<(String, Shared<str>)>,
+    /// `(length of the key, "key=value")`.
+    entries: Vec<(usize, Shared<str>)>,
     index: HashMap<String, usize>,
     list: Option<Shared<Vec<Shared<str>>>>,
+    /// Reused to build `key=value` before it is copied into its `Arc`.
+    scratch: String,
 }
 
 impl EnvState {
     pub(crate) fn get(&self, key: &str) -> Option<&str> {
         self.index.get(key).map(|&i| {
             let (k, kv) = &self.entries[i];
-            &kv[k.len() + 1..]
+            &kv[k + 1..]
         })
     }
 
@@ -33,16 +35,16 @@ impl EnvState {
     /// Sets a variable, replacing an earlier value in place.
     pub(crate) fn set(&mut self, key: &str, value: &str) {
         self.list = None;
-        let mut kv = String::with_capacity(key.len() + value.len() + 1);
-        kv.push_str(key);
-        kv.push('=');
-        kv.push_str(value);
-        let kv = Shared::from(kv);
+        self.scratch.clear();
+        self.scratch.push_str(key);
+        self.scratch.push('=');
+        self.scratch.push_str(value);
+        let kv = Shared::from(self.scratch.as_str());
         match self.index.get(key) {
             Some(&i) => self.entries[i].1 = kv,
             None => {
                 self.index.insert(key.to_string(), self.entries.len());
-                self.entries.push((key.to_string(), kv));
+                self.entries.push((key.len(), kv));
             }
         }
     }

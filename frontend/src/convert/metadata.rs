@@ -164,9 +164,18 @@ impl Converter<'_> {
         for p in &kv.pairs {
             pairs.push((exp.word(&p.key)?, exp.word(&p.value)?));
         }
-        let mut msg = String::from("ENV");
+        let mut msg = String::with_capacity(
+            3 + pairs
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 2)
+                .sum::<usize>(),
+        );
+        msg.push_str("ENV");
         for (k, v) in &pairs {
-            msg.push_str(&format!(" {k}={v}"));
+            msg.push(' ');
+            msg.push_str(k);
+            msg.push('=');
+            msg.push_str(v);
             st.set_env(k, v);
             st.image.set_env(k, v);
         }
@@ -187,7 +196,10 @@ impl Converter<'_> {
             pairs.push((exp.word(&p.key)?, exp.word(&p.value)?));
         }
         for (k, v) in pairs {
-            msg.push_str(&format!(" {k}={v}"));
+            msg.push(' ');
+            msg.push_str(&k);
+            msg.push('=');
+            msg.push_str(&v);
             st.image.config.labels.insert(k, v);
         }
         st.image.commit(msg, false, false);
@@ -256,7 +268,7 @@ impl Converter<'_> {
                 description,
                 Some(st.index),
                 Some(cmd.position),
-                deps.into(),
+                deps,
             );
         }
         st.image.commit(format!("WORKDIR {wd}"), with_layer, false);

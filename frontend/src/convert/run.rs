@@ -259,7 +259,7 @@ impl Converter<'_> {
             files,
         };
         let description = st.describe(&display);
-        st.tip = self.add_vertex(
+        st.tip = self.add_vertex_shared(
             Op::Exec(Box::new(op)),
             inputs,
             description,

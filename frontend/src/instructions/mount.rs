@@ -1,5 +1,7 @@
 //! `RUN --mount=...`: the CSV option list, its keys and their validation.
 
+use std::borrow::Cow;
+
 use serde::Serialize;
 
 use super::suggest;
@@ -125,7 +127,7 @@ pub(crate) fn parse(value: &str, mut values: Values<'_>) -> Result<Option<Mount>
                         message:
                             "'from' doesn't support variable expansion, define alias stage instead"
                                 .into(),
-                        token: f.clone(),
+                        token: f.to_string(),
                     });
                 }
             }
@@ -157,10 +159,10 @@ pub(crate) fn parse(value: &str, mut values: Values<'_>) -> Result<Option<Mount>
     for field in &fields {
         let err = |message: String| MountError {
             message,
-            token: field.clone(),
+            token: field.to_string(),
         };
         let Some((key, raw)) = field.split_once('=') else {
-            match field.to_ascii_lowercase().as_str() {
+            match canonical_key(field).unwrap_or("") {
                 "readonly" | "ro" => {
                     m.readonly = true;
                     ro_auto = false;
@@ -186,13 +188,20 @@ pub(crate) fn parse(value: &str, mut values: Values<'_>) -> Result<Option<Mount>
             }
             continue;
         };
-        let key = key.to_ascii_lowercase();
-        let value = match &mut values {
-            Values::Check => raw.to_string(),
-            Values::Expand(f) => f(raw).map_err(&err)?,
+        let key_lower;
+        let key = match canonical_key(key) {
+            Some(k) => k,
+            None => {
+                key_lower = key.to_ascii_lowercase();
+                key_lower.as_str()
+            }
+        };
+        let value: Cow<'_, str> = match &mut values {
+            Values::Check => Cow::Borrowed(raw),
+            Values::Expand(f) => Cow::Owned(f(raw).map_err(&err)?),
         };
         let bad_value = || err(format!("invalid value for {key}: {value}"));
-        match key.as_str() {
+        match key {
             "type" => {
                 let t = value.to_ascii_lowercase();
                 m.kind = MountType::parse(&t).ok_or_else(|| {
@@ -204,9 +213,9 @@ pub(crate) fn parse(value: &str, mut values: Values<'_>) -> Result<Option<Mount>
                     ))
                 })?;
             }
-            "from" => m.from = Some(value),
-            "source" | "src" => m.source = Some(value),
-            "target" | "dst" | "destination" => m.target = Some(value),
+            "from" => m.from = Some(value.into_owned()),
+            "source" | "src" => m.source = Some(value.into_owned()),
+            "target" | "dst" | "destination" => m.target = Some(value.into_owned()),
             "readonly" | "ro" => {
                 m.readonly = parse_bool(&value).ok_or_else(bad_value)?;
                 ro_auto = false;
@@ -233,7 +242,7 @@ pub(crate) fn parse(value: &str, mut values: Values<'_>) -> Result<Option<Mount>
                 }
                 m.size = Some(parse_ram_bytes(&value).ok_or_else(bad_value)?);
             }
-            "id" => m.id = Some(value),
+            "id" => m.id = Some(value.into_owned()),
             "sharing" => {
                 m.sharing = Some(match value.to_ascii_lowercase().as_str() {
                     "shared" => CacheSharing::Shared,
@@ -268,7 +277,7 @@ pub(crate) fn parse(value: &str, mut values: Values<'_>) -> Result<Option<Mount>
                         .map_err(|_| err(format!("invalid value {value} for gid")))?,
                 )
             }
-            "env" => m.env = Some(value),
+            "env" => m.env = Some(value.into_owned()),
             _ => {
                 return Err(err(suggest::with_hint(
                     format!("unexpected key '{key}' in '{field}'"),
@@ -345,6 +354,14 @@ fn validate(m: &mut Mount, ro_auto: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// A known key, spelt as in [`ALL_KEYS`], whatever its case.
+fn canonical_key(key: &str) -> Option<&'static str> {
+    ALL_KEYS
+        .iter()
+        .copied()
+        .find(|k| k.eq_ignore_ascii_case(key))
+}
+
 /// The `from=` value of a mount, read without expanding anything.
 pub(crate) fn raw_from(value: &str) -> Option<String> {
     split_csv(value).ok()?.into_iter().find_map(|f| {
@@ -400,24 +417,24 @@ pub(crate) fn parse_ram_bytes(s: &str) -> Option<u64> {
 /// One CSV record as Go's `encoding/csv` reads it: `,`-separated, a field
 /// that starts with `"` is quoted (`""` is a quote), a bare `"` elsewhere is
 /// an error.
-fn split_csv(s: &str) -> Result<Vec<String>, String> {
+fn split_csv(s: &str) -> Result<Vec<Cow<'_, str>>, String> {
     let s = s.trim_end_matches(['\r', '\n']);
     if s.is_empty() {
         return Err("EOF".into());
     }
     let mut fields = Vec::new();
-    let mut chars = s.chars().peekable();
+    let mut chars = s.char_indices().peekable();
     let mut col = 0usize;
     loop {
-        let mut field = String::new();
-        if chars.peek() == Some(&'"') {
+        if chars.peek().map(|(_, c)| *c) == Some('"') {
+            let mut field = String::new();
             chars.next();
             col += 1;
             loop {
                 match chars.next() {
-                    Some('"') => {
+                    Some((_, '"')) => {
                         col += 1;
-                        if chars.peek() == Some(&'"') {
+                        if chars.peek().map(|(_, c)| *c) == Some('"') {
                             chars.next();
                             col += 1;
                             field.push('"');
@@ -425,7 +442,7 @@ fn split_csv(s: &str) -> Result<Vec<String>, String> {
                             break;
                         }
                     }
-                    Some(c) => {
+                    Some((_, c)) => {
                         col += 1;
                         field.push(c);
                     }
@@ -438,7 +455,7 @@ fn split_csv(s: &str) -> Result<Vec<String>, String> {
                 }
             }
             match chars.peek() {
-                None | Some(',') => {}
+                None | Some((_, ',')) => {}
                 Some(_) => {
                     return Err(format!(
                         "extraneous or missing \" in quoted-field (column {})",
@@ -446,22 +463,25 @@ fn split_csv(s: &str) -> Result<Vec<String>, String> {
                     ));
                 }
             }
+            fields.push(Cow::Owned(field));
         } else {
-            while let Some(&c) = chars.peek() {
+            let start = chars.peek().map_or(s.len(), |(i, _)| *i);
+            let mut end = s.len();
+            while let Some(&(i, c)) = chars.peek() {
                 if c == ',' {
+                    end = i;
                     break;
                 }
                 if c == '"' {
                     return Err(format!("bare \" in non-quoted-field (column {})", col + 1));
                 }
-                field.push(c);
                 chars.next();
                 col += 1;
             }
+            fields.push(Cow::Borrowed(&s[start..end]));
         }
-        fields.push(field);
         match chars.next() {
-            Some(',') => col += 1,
+            Some((_, ',')) => col += 1,
             _ => break,
         }
     }
