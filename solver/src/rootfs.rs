@@ -62,9 +62,24 @@ impl LayerChain {
         self.layers.is_empty()
     }
 
-    /// Snapshot directories, base first, as [`crate::sandbox::RootFs`] wants them.
+    /// Snapshot directories, base first, as [`crate::sandbox::RootFs`] wants
+    /// them, each once.
+    ///
+    /// Identical layers (two empty RUN steps, say) share one snapshot, and
+    /// overlayfs refuses a directory as two of its layers (ELOOP). Keeping
+    /// only the top-most occurrence shows the same tree: every path and
+    /// whiteout of that layer is decided at the top-most copy already.
     pub fn lowerdirs(&self) -> Vec<PathBuf> {
-        self.layers.iter().map(|l| l.snapshot.clone()).collect()
+        let mut seen = std::collections::HashSet::new();
+        let mut top_first: Vec<PathBuf> = self
+            .layers
+            .iter()
+            .rev()
+            .filter(|l| seen.insert(&l.snapshot))
+            .map(|l| l.snapshot.clone())
+            .collect();
+        top_first.reverse();
+        top_first
     }
 
     pub fn diff_ids(&self) -> Vec<Digest> {
@@ -216,12 +231,26 @@ impl Workspace {
         // The snapshot keeps the upperdir's own mtimes, which the tar may
         // have clamped to SOURCE_DATE_EPOCH: overlay only needs the tree,
         // and the digests come from the blob.
-        snapshots
-            .adopt(&self.upper, &descriptor.diff_id)
-            .map_err(LayerError::Snapshot)?;
-        let hold = snapshots
-            .hold(&descriptor.diff_id)
-            .map_err(LayerError::Snapshot)?;
+        let diff_id = &descriptor.diff_id;
+        // Adopting takes the snapshot's exclusive lock, which would wait
+        // forever for the shared one this build holds when an earlier step
+        // made the same layer (two empty RUN steps, say). A snapshot that
+        // exists is immutable and, once held, cannot go away.
+        if !snapshots.exists(diff_id) {
+            snapshots
+                .adopt(&self.upper, diff_id)
+                .map_err(LayerError::Snapshot)?;
+        }
+        let mut hold = snapshots.hold(diff_id).map_err(LayerError::Snapshot)?;
+        if !snapshots.exists(diff_id) {
+            // Removed between the check and the hold: nobody else holds it
+            // now, so adopting cannot wait on this build.
+            drop(hold);
+            snapshots
+                .adopt(&self.upper, diff_id)
+                .map_err(LayerError::Snapshot)?;
+            hold = snapshots.hold(diff_id).map_err(LayerError::Snapshot)?;
+        }
         let snapshot = snapshots.path(&descriptor.diff_id);
         Ok((
             ChainLayer {
@@ -245,4 +274,36 @@ pub fn read_only_view(
     overlay_view(&chain.lowerdirs(), None)
         .map(View::Mounted)
         .map_err(LayerError::Mount)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(n: u8) -> ChainLayer {
+        let digest = Digest::from_bytes([n; 32]);
+        ChainLayer {
+            descriptor: LayerDescriptor {
+                media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+                digest,
+                size: 1,
+                diff_id: digest,
+            },
+            snapshot: PathBuf::from(format!("/s/{n}")),
+        }
+    }
+
+    #[test]
+    fn lowerdirs_keep_the_top_most_copy_of_a_layer() {
+        let chain = LayerChain::from_layers(vec![layer(0), layer(1), layer(2), layer(1), layer(3)]);
+        let dirs: Vec<String> = chain
+            .lowerdirs()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        assert_eq!(dirs, ["/s/0", "/s/2", "/s/1", "/s/3"]);
+        // The manifest still lists every layer.
+        assert_eq!(chain.diff_ids().len(), 5);
+        assert_eq!(chain.with(layer(0)).lowerdirs().len(), 4);
+    }
 }

@@ -671,3 +671,30 @@ fn build_of_a_base_stage_reuses_its_layers() {
     let history = built.config["history"].as_array().unwrap();
     assert_eq!(history.len(), 3, "{history:?}");
 }
+
+#[test]
+fn identical_layers_share_one_snapshot() {
+    require_root!();
+    let f = Fixture::new();
+    // Two empty layers and two identical ones: the same snapshot serves as
+    // two lowerdirs of the later steps.
+    let built = f.build_ok(
+        "FROM busybox:test\n\
+         RUN true\n\
+         RUN true\n\
+         RUN echo same > /same\n\
+         RUN rm /same\n\
+         RUN echo same > /same\n\
+         RUN cat /same > /copy\n",
+    );
+    assert_eq!(built.layers.len(), 7);
+    assert_eq!(built.layers[1], built.layers[2]);
+    assert_eq!(built.layers[3], built.layers[5]);
+    // The well-known empty layer docker and BuildKit also produce.
+    assert_eq!(
+        built.layers[1].diff_id.to_string(),
+        "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef"
+    );
+    assert_eq!(built.read("/copy"), "same\n");
+    f.assert_clean();
+}
