@@ -698,3 +698,34 @@ fn identical_layers_share_one_snapshot() {
     assert_eq!(built.read("/copy"), "same\n");
     f.assert_clean();
 }
+
+#[test]
+fn copy_link_makes_a_layer_of_its_own() {
+    require_root!();
+    let f = Fixture::new();
+    fs::create_dir(f.context.join("site")).unwrap();
+    fs::write(f.context.join("site/index.html"), "<h1>hi</h1>\n").unwrap();
+    let built = f.build_ok(
+        "FROM busybox:test\n\
+         RUN mkdir -p /srv/www && echo old > /srv/www/old.txt\n\
+         COPY --link --chown=test:audio site/ /srv/www/\n\
+         COPY --chown=test site/index.html /home/test/\n",
+    );
+    assert_eq!(built.layers.len(), 4);
+    // --link: only the copied files and the directories leading to them,
+    // nothing that depends on the layers below.
+    let entries = built.layer_entries(&f, 2);
+    assert_eq!(
+        entries.keys().cloned().collect::<Vec<_>>(),
+        ["srv", "srv/www", "srv/www/index.html"],
+        "{entries:?}"
+    );
+    assert_eq!(entries["srv/www/index.html"].2, 1000);
+    assert_eq!(entries["srv/www/index.html"].3, 29);
+    // Both layers apply on top of the RUN's files.
+    assert_eq!(built.read("/srv/www/old.txt"), "old\n");
+    assert_eq!(built.read("/srv/www/index.html"), "<h1>hi</h1>\n");
+    let meta = fs::metadata(built.path("/home/test/index.html")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (1000, 1000));
+    f.assert_clean();
+}
