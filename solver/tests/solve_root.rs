@@ -729,3 +729,21 @@ fn copy_link_makes_a_layer_of_its_own() {
     assert_eq!((meta.uid(), meta.gid()), (1000, 1000));
     f.assert_clean();
 }
+
+#[test]
+fn a_base_of_another_platform_is_used_with_a_warning() {
+    require_root!();
+    let f = Fixture::new();
+    let result = f
+        .build("FROM --platform=linux/arm64 busybox:test\nRUN true\n")
+        .unwrap();
+    let warnings: Vec<&str> = result.warnings.iter().map(|w| w.message.as_str()).collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("linux/amd64") && w.contains("linux/arm64")),
+        "{warnings:?}"
+    );
+    let result = f.build("FROM busybox:test\nRUN true\n").unwrap();
+    assert!(result.warnings.is_empty(), "{:?}", result.warnings);
+}
