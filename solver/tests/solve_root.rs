@@ -676,9 +676,10 @@ fn build_of_a_base_stage_reuses_its_layers() {
 fn identical_layers_share_one_snapshot() {
     require_root!();
     let f = Fixture::new();
-    // Two empty layers and two identical ones: the same snapshot serves as
-    // two lowerdirs of the later steps.
-    let built = f.build_ok(
+    // Two empty layers and two identical ones (the epoch clamps the mtimes
+    // that would otherwise tell them apart): the same snapshot serves as two
+    // lowerdirs of the later steps.
+    let mut req = f.request(
         "FROM busybox:test\n\
          RUN true\n\
          RUN true\n\
@@ -687,6 +688,8 @@ fn identical_layers_share_one_snapshot() {
          RUN echo same > /same\n\
          RUN cat /same > /copy\n",
     );
+    req.source_date_epoch = Some(1_000_000_000);
+    let built = Built::new(&f, f.build_request(&req).unwrap());
     assert_eq!(built.layers.len(), 7);
     assert_eq!(built.layers[1], built.layers[2]);
     assert_eq!(built.layers[3], built.layers[5]);
@@ -746,4 +749,42 @@ fn a_base_of_another_platform_is_used_with_a_warning() {
     );
     let result = f.build("FROM busybox:test\nRUN true\n").unwrap();
     assert!(result.warnings.is_empty(), "{:?}", result.warnings);
+}
+
+#[test]
+fn insecure_steps_get_every_capability_when_allowed() {
+    require_root!();
+    let f = Fixture::new();
+    let dockerfile = "FROM busybox:test\n\
+                      RUN grep CapEff /proc/self/status > /default\n\
+                      RUN ! (echo x > /proc/sys/kernel/hostname) 2>/dev/null\n\
+                      RUN --security=insecure grep CapEff /proc/self/status > /insecure \\\n\
+                       && mount -t tmpfs none /mnt \\\n\
+                       && echo insecure > /proc/sys/kernel/hostname && hostname > /host\n";
+    let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let err = f.build(dockerfile).unwrap_err();
+    assert!(
+        chain(&err).contains("--allow security.insecure"),
+        "{}",
+        chain(&err)
+    );
+    let mut req = f.request(dockerfile);
+    req.allow_security_insecure = true;
+    let built = Built::new(&f, f.build_request(&req).unwrap());
+    assert_eq!(built.read("/default"), "CapEff:\t00000000a80425fb\n");
+    // Everything builder itself may pass on.
+    let own = fs::read_to_string("/proc/self/status").unwrap();
+    let permitted = own
+        .lines()
+        .find_map(|l| l.strip_prefix("CapPrm:"))
+        .unwrap()
+        .trim();
+    assert_eq!(built.read("/insecure"), format!("CapEff:\t{permitted}\n"));
+    assert_ne!(permitted, "00000000a80425fb");
+    // /proc/sys is writable, and still the step's own UTS namespace.
+    assert_eq!(built.read("/host"), "insecure\n");
+    assert_eq!(
+        fs::read_to_string("/proc/sys/kernel/hostname").unwrap(),
+        host
+    );
 }

@@ -23,15 +23,11 @@ impl Operation for ExecOp {
             )));
         }
         let network = network(self, cx).map_err(|e| cx.step_error(e))?;
-        if self.security == SecurityMode::Insecure {
-            return Err(cx.step_error(if cx.request.allow_security_insecure {
-                StepError::Unsupported("RUN --security=insecure is not supported yet".into())
-            } else {
-                StepError::NotAllowed(
-                    "security.insecure is not allowed: enable it with --allow security.insecure"
-                        .into(),
-                )
-            }));
+        let privileged = self.security == SecurityMode::Insecure;
+        if privileged && !cx.request.allow_security_insecure {
+            return Err(cx.step_error(StepError::NotAllowed(
+                "security.insecure is not allowed: enable it with --allow security.insecure".into(),
+            )));
         }
         let user: UserSpec = match &self.user {
             Some(user) => user.parse().map_err(|e: crate::sandbox::InvalidUserSpec| {
@@ -58,6 +54,7 @@ impl Operation for ExecOp {
         spec.hostname = hostname();
         spec.network = network;
         spec.extra_hosts = cx.request.extra_hosts.clone();
+        spec.privileged = privileged;
         spec.files = self
             .files
             .iter()

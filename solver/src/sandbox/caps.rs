@@ -54,6 +54,28 @@ impl CapSet {
         Self(caps.iter().fold(0, |mask, cap| mask | 1 << cap.0))
     }
 
+    /// Every capability up to and including `last` (the kernel's
+    /// `/proc/sys/kernel/cap_last_cap`).
+    pub fn all_up_to(last: u8) -> Self {
+        Self::of(
+            &(0..=last.min(Capability::MAX))
+                .map(Capability)
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    /// The permitted set of this process: all a step can be given, since
+    /// capset cannot add what the caller lacks (a container may run builder
+    /// without some). `None` if `/proc/self/status` cannot be read.
+    pub fn own_permitted() -> Option<Self> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let hex = status
+            .lines()
+            .find_map(|line| line.strip_prefix("CapPrm:"))?
+            .trim();
+        u64::from_str_radix(hex, 16).ok().map(Self)
+    }
+
     /// The mask as `/proc/<pid>/status` prints it (`CapEff:` and friends).
     pub const fn mask(self) -> u64 {
         self.0

@@ -40,7 +40,7 @@ use std::time::Instant;
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
 
-use super::caps::DOCKER_DEFAULT_CAPS;
+use super::caps::{CapSet, DOCKER_DEFAULT_CAPS};
 use super::env::{DEFAULT_PATH, command_candidates, env_get, validate, with_process_defaults};
 use super::mounts::{self, ETC_FILES, Op, PlanInput, Skeleton};
 use super::rootfs;
@@ -189,10 +189,17 @@ impl Executor for LinuxExecutor {
             network: spec.network,
             cwd: &cwd,
             files: &spec.files,
+            privileged: spec.privileged,
         })
         .map_err(|_| invalid("a path contains a nul byte"))?;
         let command = Command::new(spec, &user)?;
-        let drop_caps: Vec<libc::c_ulong> = DOCKER_DEFAULT_CAPS
+        let caps = if spec.privileged {
+            let all = CapSet::all_up_to(self.cap_last);
+            CapSet::from_mask(all.mask() & CapSet::own_permitted().map_or(all.mask(), CapSet::mask))
+        } else {
+            DOCKER_DEFAULT_CAPS
+        };
+        let drop_caps: Vec<libc::c_ulong> = caps
             .missing_up_to(self.cap_last)
             .into_iter()
             .map(|cap| libc::c_ulong::from(cap.number()))
@@ -210,6 +217,7 @@ impl Executor for LinuxExecutor {
             stdio: stdio.child_fds(),
             loopback: loopback_request(),
             drop_caps: &drop_caps,
+            cap_mask: caps.mask(),
             groups: &groups,
             uid: user.uid,
             gid: user.gid,
@@ -1087,6 +1095,8 @@ struct ChildContext<'a> {
     stdio: [Option<RawFd>; 3],
     loopback: libc::ifreq,
     drop_caps: &'a [libc::c_ulong],
+    /// The effective and permitted set the command gets.
+    cap_mask: u64,
     groups: &'a [libc::gid_t],
     uid: u32,
     gid: u32,
@@ -1304,8 +1314,11 @@ fn set_credentials(child: &ChildContext<'_>) {
     // capset below can narrow it.
     check(child, STEP_KEEPCAPS, sys::prctl(libc::PR_SET_KEEPCAPS, 1));
     check(child, STEP_SETUID, sys::setresuid(child.uid));
-    let mask = DOCKER_DEFAULT_CAPS.mask();
-    check(child, STEP_CAPSET, sys::capset(mask, mask, 0));
+    check(
+        child,
+        STEP_CAPSET,
+        sys::capset(child.cap_mask, child.cap_mask, 0),
+    );
 }
 
 fn set_stdio(child: &ChildContext<'_>) {

@@ -108,6 +108,11 @@ pub struct RunSpec {
     pub network: NetworkMode,
     /// Extra `/etc/hosts` entries (`--add-host`).
     pub extra_hosts: Vec<(String, IpAddr)>,
+    /// `RUN --security=insecure` (BuildKit's `security.insecure`
+    /// entitlement): every capability instead of docker's default set, and
+    /// the kernel interfaces docker masks or makes read-only under `/proc`
+    /// left as they are. `/sys` stays read-only and no host device is added.
+    pub privileged: bool,
     /// Files that exist only while the step runs, on its private `/dev`
     /// (a RUN heredoc script at `/dev/pipes/NAME`), so they never reach the
     /// layer.
@@ -137,6 +142,7 @@ impl RunSpec {
             hostname: DEFAULT_HOSTNAME.to_owned(),
             network: NetworkMode::Host,
             extra_hosts: Vec::new(),
+            privileged: false,
             files: Vec::new(),
         }
     }

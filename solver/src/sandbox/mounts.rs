@@ -332,6 +332,8 @@ pub(crate) struct PlanInput<'a> {
     pub(crate) cwd: &'a str,
     /// Files for the step's `/dev` (paths already checked to be below it).
     pub(crate) files: &'a [StepFile],
+    /// Leaves docker's masked and read-only `/proc` paths alone.
+    pub(crate) privileged: bool,
 }
 
 /// Where the overlay is attached in the child, for `mountpoint`.
@@ -441,10 +443,15 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<Op>, NulError> {
         target: at("sys")?,
         host: string("/sys")?,
     });
-    for path in READONLY_PATHS {
+    let (readonly, masked): (&[&str], &[&str]) = if input.privileged {
+        (&[], &[])
+    } else {
+        (&READONLY_PATHS, &MASKED_PATHS)
+    };
+    for path in readonly {
         ops.push(Op::ReadOnly { path: at(path)? });
     }
-    for path in MASKED_PATHS {
+    for path in masked {
         ops.push(Op::Mask {
             path: at(path)?,
             dev_null: string("/dev/null")?,
@@ -563,6 +570,30 @@ mod tests {
     }
 
     #[test]
+    fn privileged_steps_keep_proc_unmasked() {
+        let input = |privileged| PlanInput {
+            mountpoint: Path::new("/m"),
+            state_fd: 3,
+            overlay_fd: 4,
+            etc_files: true,
+            hostname: "h",
+            network: NetworkMode::Host,
+            cwd: "/",
+            files: &[],
+            privileged,
+        };
+        let count = |privileged| {
+            plan(&input(privileged))
+                .unwrap()
+                .iter()
+                .filter(|op| matches!(op, Op::Mask { .. } | Op::ReadOnly { .. }))
+                .count()
+        };
+        assert_eq!(count(false), READONLY_PATHS.len() + MASKED_PATHS.len());
+        assert_eq!(count(true), 0);
+    }
+
+    #[test]
     fn step_files_go_on_the_dev_tmpfs() {
         let files = [
             StepFile {
@@ -590,6 +621,7 @@ mod tests {
             network: NetworkMode::Host,
             cwd: "/",
             files: &files,
+            privileged: false,
         };
         let ops = plan(&input).unwrap();
         let root = root_of(Path::new("/m"));
@@ -635,6 +667,7 @@ mod tests {
             network: NetworkMode::None,
             cwd: "/work",
             files: &[],
+            privileged: false,
         };
         let ops = plan(&input).unwrap();
         assert!(matches!(ops[0], Op::MakeRootPrivate));
