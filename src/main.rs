@@ -34,6 +34,8 @@ pub(crate) enum Command {
     Load(cmd::load::LoadArgs),
     /// Save images to a tarball (an OCI layout that docker load reads too).
     Save(cmd::save::SaveArgs),
+    /// Run a command in a new container from an image of the local store.
+    Run(cmd::run::RunArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => cmd::inspect::run(&cli.root, a),
         Command::Load(a) => cmd::load::run(&cli.root, a),
         Command::Save(a) => cmd::save::run(&cli.root, a),
+        Command::Run(a) => cmd::run::run(&cli.root, a),
     };
     match result {
         Ok(code) => code,

@@ -5,5 +5,6 @@ pub(crate) mod images;
 pub(crate) mod inspect;
 pub(crate) mod load;
 pub(crate) mod rmi;
+pub(crate) mod run;
 pub(crate) mod save;
 pub(crate) mod tag;
