@@ -36,6 +36,8 @@ pub(crate) enum Command {
     Save(cmd::save::SaveArgs),
     /// Run a command in a new container from an image of the local store.
     Run(cmd::run::RunArgs),
+    /// Build an image from a Dockerfile.
+    Build(cmd::build::BuildArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +51,7 @@ fn main() -> ExitCode {
         Command::Load(a) => cmd::load::run(&cli.root, a),
         Command::Save(a) => cmd::save::run(&cli.root, a),
         Command::Run(a) => cmd::run::run(&cli.root, a),
+        Command::Build(a) => cmd::build::run(&cli.root, a),
     };
     match result {
         Ok(code) => code,

@@ -1,9 +1,11 @@
 //! One module per subcommand.
 
+pub(crate) mod build;
 pub(crate) mod debug;
 pub(crate) mod images;
 pub(crate) mod inspect;
 pub(crate) mod load;
+pub(crate) mod progress;
 pub(crate) mod rmi;
 pub(crate) mod run;
 pub(crate) mod save;

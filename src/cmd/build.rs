@@ -1,0 +1,637 @@
+//! `builder build [OPTIONS] CONTEXT`: build an image from a Dockerfile, then
+//! name it in the local store and/or export it, as `docker buildx build` does.
+//!
+//! The solver stores the image (manifest, config, layers) without naming it;
+//! this command validates every output up front, runs the build with Ctrl-C
+//! wired to cancellation, then tags (`-t`, `-o type=image`), exports (`-o
+//! type=oci|docker|tar|local`), and writes `--iidfile`/`--metadata-file`.
+//! With neither `-t` nor `-o` the image stays in the store unnamed and its
+//! id is printed, as buildx prints `writing image sha256:…`.
+
+use std::collections::BTreeMap;
+use std::io::{self, IsTerminal, Read as _};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context as _;
+use cache::archive::export::Destination;
+use cache::archive::{AtomicFile, ExportImage, ExportKind, ExportSpec};
+use cache::compression::{Compression, CompressionOptions};
+use cache::images::{Image, ImageName, ImageStore, ParsedManifest};
+use clap::Args;
+use frontend::convert::{CompileOptions, Platform};
+use frontend::dockerignore::{PatternMatcher, dockerfile_ignore_path, select_ignore_file};
+use frontend::graph::NetworkMode;
+use nix::sys::signal::Signal;
+use solver::sandbox::CancelHandle;
+use solver::{BuildError, BuildRequest, BuildResult};
+
+use super::progress::{Mode, Renderer};
+
+/// `--progress` values.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum ProgressArg {
+    /// `plain` for now (the interactive display comes later).
+    #[default]
+    Auto,
+    Plain,
+    /// `plain` for now (the interactive display comes later).
+    Tty,
+    /// Nothing but errors.
+    Quiet,
+    /// One JSON object per event and line.
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct BuildArgs {
+    /// Name of the Dockerfile (default: CONTEXT/Dockerfile; `-` reads stdin).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// Name and optionally a tag (`name:tag`) for the image in the local store.
+    #[arg(short = 't', long = "tag", value_name = "NAME")]
+    tags: Vec<String>,
+    /// A build-time variable, `KEY=VALUE`, or `KEY` to take the value from the environment.
+    #[arg(long = "build-arg", value_name = "KEY[=VALUE]")]
+    build_args: Vec<String>,
+    /// The stage to build.
+    #[arg(long, value_name = "STAGE")]
+    target: Option<String>,
+    /// Do not use the cache (accepted; nothing is cached yet).
+    #[arg(long)]
+    no_cache: bool,
+    /// Suppress the build output and print the image id on success.
+    #[arg(short, long)]
+    quiet: bool,
+    /// How to show progress.
+    #[arg(long, value_enum, default_value_t = ProgressArg::Auto, value_name = "TYPE")]
+    progress: ProgressArg,
+    /// An output: `type=oci|docker|tar|local|image,dest=PATH,name=NAME,...`, `DIR` (local) or `-` (tar to stdout).
+    #[arg(short = 'o', long = "output", value_name = "SPEC")]
+    outputs: Vec<String>,
+    /// Write the image id to this file.
+    #[arg(long, value_name = "FILE")]
+    iidfile: Option<PathBuf>,
+    /// Write the build result's metadata (digests, names) to this file as JSON.
+    #[arg(long, value_name = "FILE")]
+    metadata_file: Option<PathBuf>,
+    /// The network of RUN steps: `default` (the host's), `none` or `host`.
+    #[arg(long, default_value = "default", value_name = "MODE")]
+    network: String,
+    /// Extra privileges: `network.host`, `security.insecure` (comma-separated or repeated).
+    #[arg(long, value_name = "ENTITLEMENT")]
+    allow: Vec<String>,
+    /// A label for the image, `KEY=VALUE`.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+    /// A custom host-to-IP mapping for RUN steps, `HOST:IP`.
+    #[arg(long = "add-host", value_name = "HOST:IP")]
+    add_hosts: Vec<String>,
+    /// The platform to build for (one; default: linux/amd64).
+    #[arg(long, value_name = "PLATFORM")]
+    platform: Option<String>,
+    /// The build context directory.
+    context: PathBuf,
+}
+
+/// Where the image goes once built.
+#[derive(Debug, Default)]
+struct Outputs {
+    /// `-t` and `type=image,name=` names.
+    names: Vec<ImageName>,
+    exports: Vec<ExportSpec>,
+    /// Whether some `-o` was given (the image then is not kept unnamed).
+    any_output: bool,
+    /// Whether an export writes to stdout (then the id is not printed there).
+    stdout_taken: bool,
+}
+
+pub(crate) fn run(root: &Path, args: BuildArgs) -> anyhow::Result<ExitCode> {
+    // Before any thread exists, so that only the signal thread sees them.
+    let signals = Signals::install().context("cannot set up signal handling")?;
+    let outputs = parse_outputs(&args)?;
+    let mode = match (args.quiet, args.progress) {
+        (true, _) | (_, ProgressArg::Quiet) => Mode::Quiet,
+        (_, ProgressArg::Json) => Mode::Json,
+        _ => Mode::Plain,
+    };
+    let (shown, dockerfile) = read_dockerfile(&args)?;
+    let request = request(&args, &shown, dockerfile)?;
+
+    let images = super::images::open(root)?;
+    let progress = Renderer::new(mode, Box::new(io::stderr()));
+    let built = solver::build(images.store(), &request, &progress, &signals.cancel);
+    let result = match built {
+        Ok(result) if !signals.cancel.is_cancelled() => result,
+        Ok(_) => return Ok(cancelled(&signals)),
+        Err(BuildError::Cancelled) => return Ok(cancelled(&signals)),
+        Err(err) => {
+            eprint!("{}", err.render(&shown, &request.dockerfile));
+            return Ok(ExitCode::from(1));
+        }
+    };
+    // From here on a signal ends builder at once: every output below is
+    // written atomically, so an interrupted export leaves nothing half-done.
+    signals.exit_on_signal.store(true, Ordering::SeqCst);
+    finish(&images, &args, &outputs, &progress, &result)?;
+    print_warnings(&progress, &shown, &result);
+    if args.quiet && !outputs.stdout_taken {
+        println!("{}", result.config_digest);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Names, exports and result files.
+fn finish(
+    images: &ImageStore,
+    args: &BuildArgs,
+    outputs: &Outputs,
+    progress: &Renderer,
+    result: &BuildResult,
+) -> anyhow::Result<()> {
+    let id = result.config_digest;
+    let step = progress.begin("exporting to image");
+    let outcome = (|| -> anyhow::Result<()> {
+        progress.detail(step, &format!("writing image {id} done"));
+        if !outputs.names.is_empty() || !outputs.any_output {
+            // With no name this keeps the image as an unnamed index entry, so
+            // that it stays listed and is not collected.
+            images
+                .add(&result.manifest_digest, &outputs.names)
+                .context("cannot store the image")?;
+        }
+        for name in &outputs.names {
+            progress.detail(step, &format!("naming to {} done", name.full()));
+        }
+        let image = Image {
+            names: outputs.names.clone(),
+            manifest_digest: result.manifest_digest,
+            manifest: result.manifest.clone(),
+            parsed: ParsedManifest::parse(&result.manifest)
+                .context("the built manifest does not parse")?,
+            config: result.config.clone(),
+        };
+        for spec in &outputs.exports {
+            export(images, &image, &outputs.names, spec)?;
+            let to = match &spec.dest {
+                Some(p) if p != Path::new("-") => p.display().to_string(),
+                _ => "stdout".to_owned(),
+            };
+            progress.detail(step, &format!("exporting {} to {to} done", spec.kind));
+        }
+        Ok(())
+    })();
+    match &outcome {
+        Ok(()) => progress.done(step),
+        Err(err) => progress.failed(step, &format!("{err:#}")),
+    }
+    outcome?;
+    if let Some(path) = &args.iidfile {
+        write_file(path, id.to_string().as_bytes()).context("cannot write the --iidfile")?;
+    }
+    if let Some(path) = &args.metadata_file {
+        let mut doc = serde_json::json!({
+            "containerimage.digest": result.manifest_digest.to_string(),
+            "containerimage.config.digest": id.to_string(),
+            "containerimage.descriptor": {
+                "mediaType": image_media_type(&result.manifest),
+                "digest": result.manifest_digest.to_string(),
+                "size": result.manifest.len(),
+            },
+        });
+        if !outputs.names.is_empty() {
+            let names: Vec<String> = outputs.names.iter().map(|n| n.full()).collect();
+            doc["image.name"] = names.join(",").into();
+        }
+        let mut text = serde_json::to_string_pretty(&doc)?;
+        text.push('\n');
+        write_file(path, text.as_bytes()).context("cannot write the --metadata-file")?;
+    }
+    Ok(())
+}
+
+fn export(
+    images: &ImageStore,
+    image: &Image,
+    names: &[ImageName],
+    spec: &ExportSpec,
+) -> anyhow::Result<()> {
+    let mut names = names.to_vec();
+    for n in &spec.names {
+        let n: ImageName = n
+            .parse()
+            .with_context(|| format!("invalid name {n:?} in -o"))?;
+        if !names.contains(&n) {
+            names.push(n);
+        }
+    }
+    let item = ExportImage {
+        image: image.clone(),
+        names,
+    };
+    let dest = match &spec.dest {
+        Some(p) if p != Path::new("-") => Destination::Path(p.clone()),
+        _ => Destination::Writer(Box::new(io::stdout())),
+    };
+    let what = match &spec.dest {
+        Some(p) if p != Path::new("-") => p.display().to_string(),
+        _ => "stdout".to_owned(),
+    };
+    spec.kind
+        .exporter(spec.options)
+        .export(images, std::slice::from_ref(&item), dest)
+        .with_context(|| format!("cannot export the image ({}) to {what}", spec.kind))?;
+    Ok(())
+}
+
+fn image_media_type(manifest: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(manifest)
+        .ok()
+        .and_then(|v| v["mediaType"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| cache::images::MEDIA_TYPE_OCI_MANIFEST.to_owned())
+}
+
+/// Writes `bytes` to `path` so that a reader never sees half of it.
+fn write_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut file = AtomicFile::create(path)?;
+    io::Write::write_all(&mut file, bytes)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.commit()?;
+    Ok(())
+}
+
+fn print_warnings(progress: &Renderer, shown: &str, result: &BuildResult) {
+    if result.warnings.is_empty() || progress.mode() == Mode::Quiet {
+        return;
+    }
+    for w in &result.warnings {
+        let line = match w.position {
+            Some(p) => format!("{shown}:{}:{}: warning: {}", p.line, p.column, w.message),
+            None => format!("warning: {}", w.message),
+        };
+        match progress.mode() {
+            Mode::Json => progress.note(&line),
+            _ => eprintln!("{line}"),
+        }
+    }
+}
+
+fn cancelled(signals: &Signals) -> ExitCode {
+    eprintln!("error: build cancelled");
+    let signal = signals.last().unwrap_or(Signal::SIGINT);
+    ExitCode::from(128 + signal as u8)
+}
+
+/// The Dockerfile's name for messages and its bytes.
+fn read_dockerfile(args: &BuildArgs) -> anyhow::Result<(String, Vec<u8>)> {
+    match &args.file {
+        Some(f) if f.as_os_str() == "-" => {
+            let mut buf = Vec::new();
+            io::stdin()
+                .read_to_end(&mut buf)
+                .context("cannot read the Dockerfile from stdin")?;
+            // As docker names a Dockerfile read from stdin.
+            Ok(("Dockerfile".to_owned(), buf))
+        }
+        Some(f) => {
+            let bytes = std::fs::read(f)
+                .with_context(|| format!("cannot read the Dockerfile {}", f.display()))?;
+            Ok((f.display().to_string(), bytes))
+        }
+        None => {
+            let f = args.context.join("Dockerfile");
+            let bytes = std::fs::read(&f)
+                .with_context(|| format!("cannot read the Dockerfile {}", f.display()))?;
+            Ok(("Dockerfile".to_owned(), bytes))
+        }
+    }
+}
+
+/// The ignore file that applies: `<Dockerfile>.dockerignore` beside the
+/// Dockerfile, else the context's `.dockerignore`.
+fn ignore_file(args: &BuildArgs) -> anyhow::Result<Option<PatternMatcher>> {
+    let read = |p: &Path| -> anyhow::Result<Option<(PathBuf, String)>> {
+        match std::fs::read_to_string(p) {
+            Ok(text) => Ok(Some((p.to_path_buf(), text))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", p.display())),
+        }
+    };
+    let dockerfile = match &args.file {
+        Some(f) if f.as_os_str() == "-" => None,
+        Some(f) => Some(f.clone()),
+        None => Some(args.context.join("Dockerfile")),
+    };
+    let specific = match &dockerfile {
+        Some(f) => read(Path::new(&dockerfile_ignore_path(&f.to_string_lossy())))?,
+        None => None,
+    };
+    let general = read(&args.context.join(".dockerignore"))?;
+    let chosen = select_ignore_file(
+        specific.as_ref().map(|(_, t)| t.as_str()),
+        general.as_ref().map(|(_, t)| t.as_str()),
+    );
+    let Some(text) = chosen else {
+        return Ok(None);
+    };
+    let path = if specific.is_some() {
+        &specific.as_ref().unwrap().0
+    } else {
+        &general.as_ref().unwrap().0
+    };
+    let matcher = PatternMatcher::from_dockerignore(text)
+        .with_context(|| format!("invalid ignore file {}", path.display()))?;
+    Ok(Some(matcher))
+}
+
+fn request(args: &BuildArgs, shown: &str, dockerfile: Vec<u8>) -> anyhow::Result<BuildRequest> {
+    let meta = std::fs::metadata(&args.context).with_context(|| {
+        format!(
+            "unable to prepare the context: path {:?} not found",
+            args.context.display().to_string()
+        )
+    })?;
+    if !meta.is_dir() {
+        anyhow::bail!(
+            "unable to prepare the context: {} is not a directory",
+            args.context.display()
+        );
+    }
+    let mut build_args = parse_build_args(&args.build_args)?;
+    // As buildx: the caller's SOURCE_DATE_EPOCH reaches the build as the
+    // build arg of that name unless one was given.
+    if let Ok(v) = std::env::var("SOURCE_DATE_EPOCH") {
+        build_args.entry("SOURCE_DATE_EPOCH".into()).or_insert(v);
+    }
+    let source_date_epoch = match build_args.get("SOURCE_DATE_EPOCH") {
+        Some(v) if !v.is_empty() => {
+            Some(v.parse::<i64>().ok().filter(|n| *n >= 0).with_context(|| {
+                format!("invalid SOURCE_DATE_EPOCH {v:?}: expected seconds since 1970")
+            })?)
+        }
+        _ => None,
+    };
+    let platform = match &args.platform {
+        Some(p) if p.contains(',') => {
+            anyhow::bail!("--platform {p}: building for several platforms is not supported yet")
+        }
+        Some(p) => Some(
+            p.parse::<Platform>()
+                .with_context(|| format!("invalid --platform {p}"))?,
+        ),
+        None => None,
+    };
+    let mut labels = BTreeMap::new();
+    for l in &args.labels {
+        let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+        if k.is_empty() {
+            anyhow::bail!("invalid --label {l:?}: empty key");
+        }
+        labels.insert(k.to_owned(), v.to_owned());
+    }
+    let network = match args.network.as_str() {
+        "default" => NetworkMode::Default,
+        "none" => NetworkMode::None,
+        "host" => NetworkMode::Host,
+        other => anyhow::bail!("invalid --network {other:?}: expected default, none or host"),
+    };
+    let mut allow_host = false;
+    let mut allow_insecure = false;
+    for entitlement in args.allow.iter().flat_map(|a| a.split(',')) {
+        match entitlement.trim() {
+            "network.host" => allow_host = true,
+            "security.insecure" => allow_insecure = true,
+            other => anyhow::bail!(
+                "invalid --allow {other:?}: expected network.host or security.insecure"
+            ),
+        }
+    }
+    // buildx grants network.host when the whole build asks for the host's network.
+    if network == NetworkMode::Host {
+        allow_host = true;
+    }
+    let mut extra_hosts = Vec::new();
+    for h in &args.add_hosts {
+        let (host, ip) = h
+            .split_once(['=', ':'])
+            .with_context(|| format!("invalid --add-host {h:?}: expected HOST:IP"))?;
+        let ip = ip
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .with_context(|| format!("invalid --add-host {h:?}: bad IP address"))?;
+        extra_hosts.push((host.to_owned(), ip));
+    }
+    Ok(BuildRequest {
+        dockerfile,
+        dockerfile_path: shown.to_owned(),
+        context_dir: args.context.clone(),
+        ignore: ignore_file(args)?,
+        options: CompileOptions {
+            target: args.target.clone(),
+            build_args,
+            platform,
+            dockerfile_name: shown.to_owned(),
+            labels,
+            ..CompileOptions::default()
+        },
+        network_allowed_host: allow_host,
+        allow_security_insecure: allow_insecure,
+        network,
+        extra_hosts,
+        source_date_epoch,
+        layer_compression: CompressionOptions::new(Compression::Gzip),
+    })
+}
+
+/// `--build-arg K=V`, or `K` alone taking its value from the environment
+/// (and passing nothing when it is unset, as docker does).
+fn parse_build_args(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for a in raw {
+        match a.split_once('=') {
+            Some(("", _)) => anyhow::bail!("invalid --build-arg {a:?}: empty name"),
+            Some((k, v)) => {
+                out.insert(k.to_owned(), v.to_owned());
+            }
+            None if a.is_empty() => anyhow::bail!("invalid --build-arg: empty name"),
+            None => {
+                if let Ok(v) = std::env::var(a) {
+                    out.insert(a.clone(), v);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Parses `-t` and `-o` before anything is built, so that a typo does not
+/// cost a build.
+fn parse_outputs(args: &BuildArgs) -> anyhow::Result<Outputs> {
+    let mut out = Outputs::default();
+    for t in &args.tags {
+        let name = ImageName::from_str(t).with_context(|| format!("invalid tag {t:?}"))?;
+        if !out.names.contains(&name) {
+            out.names.push(name);
+        }
+    }
+    for o in &args.outputs {
+        out.any_output = true;
+        let kind = o
+            .split(',')
+            .find_map(|p| p.trim().strip_prefix("type="))
+            .unwrap_or("");
+        match kind {
+            "image" => {
+                for name in image_output_names(o)? {
+                    if !out.names.contains(&name) {
+                        out.names.push(name);
+                    }
+                }
+                continue;
+            }
+            "registry" => anyhow::bail!("-o {o}: pushing to a registry is not supported yet"),
+            "cacheonly" => continue,
+            _ => {}
+        }
+        let spec: ExportSpec = o.parse().with_context(|| format!("invalid -o {o:?}"))?;
+        let to_stdout = spec.dest.as_deref().is_none_or(|d| d == Path::new("-"));
+        if spec.kind == ExportKind::Local && to_stdout {
+            anyhow::bail!("-o {o}: the local exporter needs dest=DIR");
+        }
+        if to_stdout {
+            if io::stdout().is_terminal() {
+                anyhow::bail!(
+                    "-o {o}: refusing to write a tarball to the terminal: give dest=FILE or redirect stdout"
+                );
+            }
+            if out.stdout_taken {
+                anyhow::bail!("-o {o}: only one output can go to stdout");
+            }
+            out.stdout_taken = true;
+        }
+        out.exports.push(spec);
+    }
+    Ok(out)
+}
+
+/// The names of `type=image,name=a,name=b`, or `name="a,b"` as buildx's CSV
+/// quoting allows.
+fn image_output_names(spec: &str) -> anyhow::Result<Vec<ImageName>> {
+    let mut names = Vec::new();
+    for field in split_csv(spec) {
+        let (key, value) = field
+            .split_once('=')
+            .with_context(|| format!("invalid -o field {field:?}: expected KEY=VALUE"))?;
+        match key.trim() {
+            "type" => {}
+            "name" => {
+                for n in value.split(',').filter(|n| !n.is_empty()) {
+                    names.push(
+                        n.parse::<ImageName>()
+                            .with_context(|| format!("invalid name {n:?} in -o"))?,
+                    );
+                }
+            }
+            "push" if value == "false" => {}
+            "push" => anyhow::bail!("-o {spec}: pushing to a registry is not supported yet"),
+            "unpack" | "store" | "compression" | "compression-level" | "force-compression"
+            | "oci-mediatypes" => {}
+            other => anyhow::bail!("-o {spec}: unknown field {other:?} for type=image"),
+        }
+    }
+    Ok(names)
+}
+
+/// Splits on commas outside double quotes, dropping the quotes, as buildx's
+/// CSV reading of `-o` does.
+fn split_csv(s: &str) -> Vec<String> {
+    let mut fields = vec![String::new()];
+    let mut quoted = false;
+    for c in s.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => fields.push(String::new()),
+            c => fields.last_mut().expect("never empty").push(c),
+        }
+    }
+    fields
+}
+
+/// SIGINT, SIGTERM, SIGHUP and SIGQUIT cancel the build (which kills its
+/// running step); a second one, or one once the build is done, ends builder
+/// at once.
+struct Signals {
+    cancel: CancelHandle,
+    exit_on_signal: Arc<AtomicBool>,
+    last: Arc<std::sync::Mutex<Option<Signal>>>,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        let set = super::run::handled_signals();
+        set.thread_block()?;
+        let cancel = CancelHandle::new();
+        let exit_on_signal = Arc::new(AtomicBool::new(false));
+        let last = Arc::new(std::sync::Mutex::new(None));
+        let (c, e, l) = (
+            cancel.clone(),
+            Arc::clone(&exit_on_signal),
+            Arc::clone(&last),
+        );
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                loop {
+                    let Ok(signal) = set.wait() else { continue };
+                    *l.lock().unwrap_or_else(|p| p.into_inner()) = Some(signal);
+                    if e.swap(true, Ordering::SeqCst) {
+                        eprintln!("error: interrupted");
+                        std::process::exit(128 + signal as i32);
+                    }
+                    c.cancel();
+                }
+            })?;
+        Ok(Signals {
+            cancel,
+            exit_on_signal,
+            last,
+        })
+    }
+
+    fn last(&self) -> Option<Signal> {
+        *self.last.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_fields_keep_quoted_commas() {
+        assert_eq!(
+            split_csv(r#"type=image,"name=a:1,b:2",push=false"#),
+            vec!["type=image", "name=a:1,b:2", "push=false"]
+        );
+        assert_eq!(
+            split_csv(r#"type=image,name="a,b""#),
+            vec!["type=image", "name=a,b"]
+        );
+    }
+
+    #[test]
+    fn image_outputs_name_images() {
+        let names = image_output_names(r#"type=image,name="app:1,app:2""#).unwrap();
+        let full: Vec<String> = names.iter().map(|n| n.full()).collect();
+        assert_eq!(
+            full,
+            vec!["docker.io/library/app:1", "docker.io/library/app:2"]
+        );
+        assert!(image_output_names("type=image,name=app,push=true").is_err());
+        assert!(image_output_names("type=image,bogus=1").is_err());
+    }
+}
