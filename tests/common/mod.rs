@@ -188,6 +188,69 @@ impl TestRoot {
             .unwrap()
     }
 
+    /// A fresh build context holding `files` (path, contents); parent
+    /// directories are created.
+    pub(crate) fn context(&self, files: &[(&str, &str)]) -> PathBuf {
+        let dir = self.path(&format!("ctx-{}", unique()));
+        fs::create_dir_all(&dir).unwrap();
+        for (path, contents) in files {
+            let p = dir.join(path);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, contents).unwrap();
+        }
+        dir
+    }
+
+    /// `builder build --progress=plain ARGS CONTEXT`, whatever its status.
+    pub(crate) fn build(&self, context: &Path, args: &[&str]) -> Output {
+        let mut c = self.builder();
+        c.args(["build", "--progress=plain"])
+            .args(args)
+            .arg(context);
+        c.output()
+            .unwrap_or_else(|e| panic!("cannot run {c:?}: {e}"))
+    }
+
+    /// Like [`TestRoot::build`], which must succeed; returns its stdout.
+    pub(crate) fn build_ok(&self, context: &Path, args: &[&str]) -> String {
+        let out = self.build(context, args);
+        assert!(
+            out.status.success(),
+            "build {args:?} failed with {}\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Builds `dockerfile` with `files` as its context and exports the
+    /// result with `-o type=local`; returns the exported root filesystem.
+    pub(crate) fn build_local(
+        &self,
+        dockerfile: &str,
+        files: &[(&str, &str)],
+        args: &[&str],
+    ) -> PathBuf {
+        let ctx = self.context(files);
+        fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
+        let out = self.path(&format!("out-{}", unique()));
+        let spec = format!("type=local,dest={}", out.display());
+        let mut all = vec!["-o", spec.as_str()];
+        all.extend_from_slice(args);
+        self.build_ok(&ctx, &all);
+        out
+    }
+
+    /// Builds the project's own base image, `examples/busybox`, as `name`.
+    pub(crate) fn example_busybox(&self, name: &str) {
+        let ctx = self.path(&format!("busybox-ctx-{}", unique()));
+        fs::create_dir_all(&ctx).unwrap();
+        fs::copy("/bin/busybox", ctx.join("busybox")).unwrap();
+        let dockerfile = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/busybox/Dockerfile");
+        self.build_ok(&ctx, &["-t", name, "-f", dockerfile.to_str().unwrap()]);
+    }
+
     /// `builder inspect NAME`'s first element.
     pub(crate) fn inspect(&self, name: &str) -> serde_json::Value {
         let out = self.ok(&["inspect", name]);
