@@ -105,7 +105,7 @@ impl<'de> Deserialize<'de> for Shared<str> {
     }
 }
 
-fn is_empty_set(s: &Shared<BTreeSet<String>>) -> bool {
+fn is_empty_set(s: &Shared<BTreeSet<Shared<str>>>) -> bool {
     s.is_empty()
 }
 
@@ -144,7 +144,7 @@ pub struct Vertex {
     /// directly: the ones its expansion read, and for RUN every ARG in its
     /// environment. Used to explain cache misses.
     #[serde(skip_serializing_if = "is_empty_set", default)]
-    pub build_args: Shared<BTreeSet<String>>,
+    pub build_args: Shared<BTreeSet<Shared<str>>>,
 }
 
 /// The operation a vertex performs.

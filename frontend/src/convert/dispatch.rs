@@ -27,9 +27,11 @@ pub(crate) struct StageState {
     /// Environment for expansion and RUN: image ENV plus ARG values.
     pub(crate) env: EnvState,
     /// ARGs declared so far (inherited from a base stage too), with values.
-    pub(crate) args: Vec<(String, Option<String>)>,
+    /// Names are shared so that the dependency sets of vertices can hold
+    /// them without copying.
+    pub(crate) args: Vec<(Shared<str>, Option<String>)>,
     /// The declared ARGs that have a value, shared by RUN vertices.
-    args_in_env: Option<Shared<BTreeSet<String>>>,
+    args_in_env: Option<Shared<BTreeSet<Shared<str>>>>,
     /// The `|N k=v …` part of RUN history entries while ARGs and env stay
     /// the same.
     pub(crate) run_prefix: Option<String>,
@@ -51,12 +53,21 @@ impl StageState {
         }
         self.cmd_index += 1;
         let width = decimal_digits(self.cmd_total);
-        let mut out = String::from("[");
+        // One allocation: `[` display ` ` index `/` total `] ` ONBUILD text.
+        let mut out = String::with_capacity(self.display.len() + 2 * width + text.len() + 5 + 8);
+        out.push('[');
         if !self.display.is_empty() {
             out.push_str(&self.display);
             out.push(' ');
         }
-        out.push_str(&format!("{:>width$}/{}] ", self.cmd_index, self.cmd_total));
+        let index = self.cmd_index;
+        for _ in decimal_digits(index)..width {
+            out.push(' ');
+        }
+        push_decimal(&mut out, index);
+        out.push('/');
+        push_decimal(&mut out, self.cmd_total);
+        out.push_str("] ");
         if self.in_onbuild {
             out.push_str("ONBUILD ");
         }
@@ -66,7 +77,7 @@ impl StageState {
 
     pub(crate) fn set_env(&mut self, key: &str, value: &str) {
         // The RUN history prefix shows ARG values only.
-        if self.run_prefix.is_some() && self.args.iter().any(|(k, _)| k == key) {
+        if self.run_prefix.is_some() && self.args.iter().any(|(k, _)| &**k == key) {
             self.run_prefix = None;
         }
         self.env.set(key, value);
@@ -76,27 +87,31 @@ impl StageState {
     pub(crate) fn push_arg(&mut self, key: &str, value: Option<String>) {
         self.args_in_env = None;
         self.run_prefix = None;
-        self.args.push((key.to_string(), value));
+        self.args.push((Shared::from(key), value));
     }
 
     /// Declared ARG names among `names`.
     pub(crate) fn arg_deps<'n>(
         &self,
         names: impl IntoIterator<Item = &'n String>,
-    ) -> BTreeSet<String> {
+    ) -> BTreeSet<Shared<str>> {
         names
             .into_iter()
-            .filter(|n| self.args.iter().any(|(k, _)| k == *n))
-            .cloned()
+            .filter_map(|n| {
+                self.args
+                    .iter()
+                    .find(|(k, _)| **k == **n)
+                    .map(|(k, _)| k.clone())
+            })
             .collect()
     }
 
     /// Declared ARGs that have a value (they are in the environment).
-    pub(crate) fn args_in_env(&mut self) -> Shared<BTreeSet<String>> {
+    pub(crate) fn args_in_env(&mut self) -> Shared<BTreeSet<Shared<str>>> {
         if let Some(s) = &self.args_in_env {
             return s.clone();
         }
-        let set: BTreeSet<String> = self
+        let set: BTreeSet<Shared<str>> = self
             .args
             .iter()
             .filter(|(_, v)| v.is_some())
@@ -133,7 +148,7 @@ pub(crate) struct Converter<'a> {
     contexts: BTreeMap<String, ContextUse>,
     images: HashMap<(String, String), VertexId>,
     single_stage: bool,
-    empty_deps: Shared<BTreeSet<String>>,
+    empty_deps: Shared<BTreeSet<Shared<str>>>,
 }
 
 impl<'a> Converter<'a> {
@@ -174,7 +189,7 @@ impl<'a> Converter<'a> {
         description: String,
         stage: Option<usize>,
         position: Option<Position>,
-        build_args: BTreeSet<String>,
+        build_args: BTreeSet<Shared<str>>,
     ) -> VertexId {
         // Most vertices depend on no build arg: share one empty set.
         let build_args = if build_args.is_empty() {
@@ -192,7 +207,7 @@ impl<'a> Converter<'a> {
         description: String,
         stage: Option<usize>,
         position: Option<Position>,
-        build_args: Shared<BTreeSet<String>>,
+        build_args: Shared<BTreeSet<Shared<str>>>,
     ) -> VertexId {
         self.graph.add(Vertex {
             op,
@@ -417,7 +432,10 @@ impl<'a> Converter<'a> {
                             description,
                             Some(i),
                             Some(def.position),
-                            sp.base_args.clone(),
+                            sp.base_args
+                                .iter()
+                                .map(|a| Shared::from(a.as_str()))
+                                .collect(),
                         )
                     }
                     Base::Stage(_) => unreachable!(),
@@ -455,6 +473,22 @@ impl<'a> Converter<'a> {
         self.states[i] = Some(st);
         Ok(())
     }
+}
+
+/// `write!(out, "{n}")` without the formatting machinery.
+fn push_decimal(out: &mut String, n: usize) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&buf[i..]).expect("ASCII digits"));
 }
 
 fn decimal_digits(mut n: usize) -> usize {

@@ -236,7 +236,7 @@ impl Converter<'_> {
         let deps = if extra.is_subset(&in_env) {
             in_env
         } else {
-            let mut all: BTreeSet<String> = (*in_env).clone();
+            let mut all: BTreeSet<Shared<str>> = (*in_env).clone();
             all.extend(extra);
             Shared::new(all)
         };
@@ -297,7 +297,7 @@ fn run_command_string(args: &[String], st: &mut StageState) -> String {
 
 /// `|N k=v …`: a re-declared ARG keeps its first position and shows its
 /// last value (from the environment when set there).
-fn build_args_prefix(args: &[(String, Option<String>)], env: &super::env::EnvState) -> String {
+fn build_args_prefix(args: &[(Shared<str>, Option<String>)], env: &super::env::EnvState) -> String {
     let mut order: Vec<&str> = Vec::with_capacity(args.len());
     let mut seen: HashSet<&str> = HashSet::with_capacity(args.len());
     for (k, _) in args {
@@ -316,7 +316,7 @@ fn build_args_prefix(args: &[(String, Option<String>)], env: &super::env::EnvSta
             None => args
                 .iter()
                 .rev()
-                .find(|(ak, _)| ak == k)
+                .find(|(ak, _)| &**ak == k)
                 .and_then(|(_, v)| v.as_deref())
                 .unwrap_or(""),
         };
