@@ -414,9 +414,10 @@ impl BuildGraph {
     /// When an input does not exist yet: vertices are added in topological
     /// order by construction.
     pub fn add(&mut self, vertex: Vertex) -> VertexId {
-        let inputs = vertex.inputs.clone();
+        let n = vertex.inputs.len();
         let id = self.graph.add_node(vertex);
-        for (slot, input) in inputs.into_iter().enumerate() {
+        for slot in 0..n {
+            let input = self.graph[id].inputs[slot];
             assert!(input < id.index(), "input {input} added after its consumer");
             self.graph
                 .add_edge(NodeIndex::new(input), id, Edge { slot });

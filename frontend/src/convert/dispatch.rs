@@ -30,7 +30,10 @@ pub(crate) struct StageState {
     /// Names are shared so that the dependency sets of vertices can hold
     /// them without copying.
     pub(crate) args: Vec<(Shared<str>, Option<String>)>,
-    /// The declared ARGs that have a value, shared by RUN vertices.
+    /// The declared ARGs that have a value, kept up to date as ARGs are
+    /// declared (sorting them again for every RUN is costly).
+    with_value: BTreeSet<Shared<str>>,
+    /// A copy of `with_value` shared by RUN vertices until it changes.
     args_in_env: Option<Shared<BTreeSet<Shared<str>>>>,
     /// The `|N k=v …` part of RUN history entries while ARGs and env stay
     /// the same.
@@ -85,9 +88,13 @@ impl StageState {
 
     /// Declares an ARG (its value, if any, is already in the env).
     pub(crate) fn push_arg(&mut self, key: &str, value: Option<String>) {
-        self.args_in_env = None;
         self.run_prefix = None;
-        self.args.push((Shared::from(key), value));
+        let name = Shared::from(key);
+        if value.is_some() && !self.with_value.contains(&name) {
+            self.args_in_env = None;
+            self.with_value.insert(name.clone());
+        }
+        self.args.push((name, value));
     }
 
     /// Declared ARG names among `names`.
@@ -111,13 +118,7 @@ impl StageState {
         if let Some(s) = &self.args_in_env {
             return s.clone();
         }
-        let set: BTreeSet<Shared<str>> = self
-            .args
-            .iter()
-            .filter(|(_, v)| v.is_some())
-            .map(|(k, _)| k.clone())
-            .collect();
-        let s = Shared::new(set);
+        let s = Shared::new(self.with_value.clone());
         self.args_in_env = Some(s.clone());
         s
     }
@@ -388,6 +389,7 @@ impl<'a> Converter<'a> {
                     image: ImageConfig::empty(&platform),
                     env: EnvState::default(),
                     args: Vec::new(),
+                    with_value: BTreeSet::new(),
                     args_in_env: None,
                     run_prefix: None,
                     workdir: "/".into(),
@@ -502,12 +504,18 @@ fn decimal_digits(mut n: usize) -> usize {
 
 /// SHELL (or `/bin/sh -c`) followed by the command line joined with spaces.
 pub(crate) fn with_shell(image: &ImageConfig, args: &[String]) -> Vec<String> {
-    let mut out = if image.config.shell.is_empty() {
-        vec!["/bin/sh".to_string(), "-c".to_string()]
+    let shell = &image.config.shell;
+    let mut out = Vec::with_capacity(shell.len().max(2) + 1);
+    if shell.is_empty() {
+        out.push("/bin/sh".to_string());
+        out.push("-c".to_string());
     } else {
-        image.config.shell.clone()
-    };
-    out.push(args.join(" "));
+        out.extend(shell.iter().cloned());
+    }
+    out.push(match args {
+        [one] => one.clone(),
+        _ => args.join(" "),
+    });
     out
 }
 

@@ -213,8 +213,15 @@ pub(crate) fn set_env_list(env: &mut Vec<String>, key: &str, value: &str) {
 }
 
 /// Go's `strconv.Quote`.
-pub(crate) fn go_quote(s: &str) -> String {
+#[cfg(test)]
+fn go_quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
+    push_go_quote(&mut out, s);
+    out
+}
+
+/// Go's `strconv.Quote` of `s`, appended to `out`.
+fn push_go_quote(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
         match c {
@@ -246,18 +253,34 @@ pub(crate) fn go_quote(s: &str) -> String {
         }
     }
     out.push('"');
-    out
 }
 
 /// Go's `%q` of a `[]string`: `["a" "b"]`.
 pub(crate) fn go_quote_list(items: &[String]) -> String {
-    let quoted: Vec<String> = items.iter().map(|s| go_quote(s)).collect();
-    format!("[{}]", quoted.join(" "))
+    let mut out = String::with_capacity(2 + items.iter().map(|s| s.len() + 3).sum::<usize>());
+    out.push('[');
+    for (i, s) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        push_go_quote(&mut out, s);
+    }
+    out.push(']');
+    out
 }
 
 /// Go's `%v` of a `[]string`: `[a b]`.
 pub(crate) fn go_list(items: &[String]) -> String {
-    format!("[{}]", items.join(" "))
+    let mut out = String::with_capacity(2 + items.iter().map(|s| s.len() + 1).sum::<usize>());
+    out.push('[');
+    for (i, s) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        out.push_str(s);
+    }
+    out.push(']');
+    out
 }
 
 #[cfg(test)]

@@ -23,10 +23,16 @@ impl Converter<'_> {
         run: &Run,
         sources: &[Option<SourceRef>],
     ) -> Result<(), SourceError> {
-        let mut args = run.command.command.clone();
         let mut files = Vec::new();
         let mut summary = None;
-        if !run.heredocs.is_empty() {
+        let args = if run.heredocs.is_empty() {
+            if run.command.prepend_shell {
+                with_shell(&st.image, &run.command.command)
+            } else {
+                run.command.command.clone()
+            }
+        } else {
+            let mut args = run.command.command.clone();
             if args.len() != 1 || !run.command.prepend_shell {
                 return Err(SourceError::new(
                     cmd.position,
@@ -62,10 +68,11 @@ impl Converter<'_> {
                 }
                 args = vec![full];
             }
-        }
-        if run.command.prepend_shell {
-            args = with_shell(&st.image, &args);
-        }
+            if run.command.prepend_shell {
+                args = with_shell(&st.image, &args);
+            }
+            args
+        };
 
         let mut exp = Expander::new(self.lexer, &st.env, self.loc, cmd.span);
         let mut mounts = Vec::with_capacity(run.mounts.len());
@@ -305,13 +312,12 @@ fn build_args_prefix(args: &[(Shared<str>, Option<String>)], env: &super::env::E
             order.push(k);
         }
     }
-    let mut out = String::new();
     if order.is_empty() {
-        return out;
+        return String::new();
     }
-    out.push_str(&format!("|{}", order.len()));
-    for k in order {
-        let value = match env.get(k) {
+    let values: Vec<&str> = order
+        .iter()
+        .map(|&k| match env.get(k) {
             Some(v) => v,
             None => args
                 .iter()
@@ -319,7 +325,19 @@ fn build_args_prefix(args: &[(Shared<str>, Option<String>)], env: &super::env::E
                 .find(|(ak, _)| &**ak == k)
                 .and_then(|(_, v)| v.as_deref())
                 .unwrap_or(""),
-        };
+        })
+        .collect();
+    let len = 1
+        + 20
+        + order
+            .iter()
+            .zip(&values)
+            .map(|(k, v)| k.len() + v.len() + 2)
+            .sum::<usize>();
+    let mut out = String::with_capacity(len);
+    out.push('|');
+    out.push_str(&order.len().to_string());
+    for (k, value) in order.into_iter().zip(values) {
         out.push(' ');
         out.push_str(k);
         out.push('=');
