@@ -337,10 +337,9 @@ fn ignore_file(args: &BuildArgs) -> anyhow::Result<Option<PatternMatcher>> {
     let Some(text) = chosen else {
         return Ok(None);
     };
-    let path = if specific.is_some() {
-        &specific.as_ref().unwrap().0
-    } else {
-        &general.as_ref().unwrap().0
+    // The same choice again, for the file's name in messages.
+    let Some((path, _)) = specific.as_ref().or(general.as_ref()) else {
+        return Ok(None);
     };
     let matcher = PatternMatcher::from_dockerignore(text)
         .with_context(|| format!("invalid ignore file {}", path.display()))?;
