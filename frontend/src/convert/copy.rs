@@ -175,22 +175,39 @@ impl Converter<'_> {
             inputs.push(v);
         }
 
-        let mut history = String::from(keyword);
+        // Sized for the text and the ` # buildkit` that commit() appends.
+        let mut history = String::with_capacity(
+            keyword.len()
+                + " --parents".len()
+                + chown.as_ref().map_or(0, |c| c.len() + " --chown=".len())
+                + chmod_str
+                    .as_ref()
+                    .map_or(0, |c| c.len() + " --chmod=".len())
+                + paths.iter().map(|p| p.len() + 1).sum::<usize>()
+                + inline.iter().map(|(n, _)| n.len() + 3).sum::<usize>()
+                + dest_written.len()
+                + 1
+                + " # buildkit".len(),
+        );
+        history.push_str(keyword);
         if parents {
             history.push_str(" --parents");
         }
         if let Some(c) = &chown {
-            history.push_str(&format!(" --chown={c}"));
+            history.push_str(" --chown=");
+            history.push_str(c);
         }
         if let Some(c) = &chmod_str {
-            history.push_str(&format!(" --chmod={c}"));
+            history.push_str(" --chmod=");
+            history.push_str(c);
         }
         for p in &paths {
             history.push(' ');
             history.push_str(p);
         }
         for (name, _) in &inline {
-            history.push_str(&format!(" <<{name}"));
+            history.push_str(" <<");
+            history.push_str(name);
         }
         history.push(' ');
         history.push_str(&dest_written);
