@@ -26,8 +26,12 @@ context=$(mktemp -d)
 trap 'rm -rf "$context"' EXIT
 cp /bin/busybox "$context/busybox"
 
-set -x
-"$builder" build -t busybox -f examples/busybox/Dockerfile "$context"
-"$builder" build -t hello examples/hello
-"$builder" run hello
-"$builder" run hello Pavlos
+# Shows each command before running it.
+step() {
+  printf '\n$ %s\n' "$*"
+  "$@"
+}
+step "$builder" build -t busybox -f examples/busybox/Dockerfile "$context"
+step "$builder" build -t hello examples/hello
+step "$builder" run hello
+step "$builder" run hello Pavlos
