@@ -8,10 +8,19 @@ use clap::{Parser, Subcommand};
 mod cmd;
 
 #[derive(Parser, Debug)]
-#[command(name = "builder", version, about = "A daemonless container image builder")]
+#[command(
+    name = "builder",
+    version,
+    about = "A daemonless container image builder"
+)]
 pub(crate) struct Cli {
     /// Root of the store (an OCI image layout).
-    #[arg(long, global = true, env = "BUILDER_ROOT", default_value = "/var/lib/builder")]
+    #[arg(
+        long,
+        global = true,
+        env = "BUILDER_ROOT",
+        default_value = "/var/lib/builder"
+    )]
     pub(crate) root: std::path::PathBuf,
     #[command(subcommand)]
     pub(crate) command: Command,

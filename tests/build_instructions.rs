@@ -256,10 +256,7 @@ fn onbuild_target_and_build_args() {
     assert!(log.status.success(), "{}", stderr(&log));
     assert_eq!(read(&out, "/app/version.txt"), "version=2.0\n");
     let text = stderr(&log);
-    let warnings: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains("UNUSED"))
-        .collect();
+    let warnings: Vec<&str> = text.lines().filter(|l| l.contains("UNUSED")).collect();
     assert_eq!(warnings.len(), 1, "{}", stderr(&log));
     assert!(warnings[0].contains("warning"), "{warnings:?}");
 }

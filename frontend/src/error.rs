@@ -33,7 +33,10 @@ impl fmt::Display for DisplayPos {
 
 impl SourceError {
     pub fn new(position: Position, message: impl Into<String>) -> Self {
-        Self { position, message: message.into() }
+        Self {
+            position,
+            message: message.into(),
+        }
     }
 
     /// Renders the error for a person: `PATH:LINE:COL: message`, then the
@@ -45,7 +48,10 @@ impl SourceError {
         let text = String::from_utf8_lossy(source);
         if let Some(src_line) = text.split('\n').nth(line.saturating_sub(1)) {
             let src_line = src_line.trim_end_matches(['\r', '\n']);
-            let shown: String = src_line.chars().map(|c| if c == '\t' { ' ' } else { c }).collect();
+            let shown: String = src_line
+                .chars()
+                .map(|c| if c == '\t' { ' ' } else { c })
+                .collect();
             out.push_str(&format!("{line:>5} | {shown}\n"));
             let pad = column.saturating_sub(1).min(shown.chars().count());
             out.push_str(&format!("      | {}^\n", " ".repeat(pad)));

@@ -37,9 +37,21 @@ pub(crate) enum DebugCommand {
 
 pub(crate) fn run(cmd: DebugCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        DebugCommand::Graph { file, target, build_args, platform, format, context } => {
-            graph::run(graph::GraphArgs { file, target, build_args, platform, format, context })
-        }
+        DebugCommand::Graph {
+            file,
+            target,
+            build_args,
+            platform,
+            format,
+            context,
+        } => graph::run(graph::GraphArgs {
+            file,
+            target,
+            build_args,
+            platform,
+            format,
+            context,
+        }),
         DebugCommand::Ast { file } => {
             use anyhow::Context as _;
             use std::io::{Read as _, Write as _};

@@ -35,6 +35,7 @@ pub use caps::{CapSet, Capability, DOCKER_DEFAULT_CAPS};
 pub use env::{DEFAULT_PATH, ensure_default_path, env_get};
 pub use linux::{DetachedMount, LinuxExecutor, overlay_view};
 pub(crate) use rootfs::{ensure_dir as ensure_dir_in_root, read_file as read_file_in_root};
+pub(crate) use user::records;
 pub use user::{
     IdOrName, InvalidUserSpec, ResolvedUser, UserError, UserSpec, resolve as resolve_user,
 };

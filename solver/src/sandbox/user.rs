@@ -147,8 +147,9 @@ struct GroupEntry<'a> {
     members: &'a str,
 }
 
-/// Lines that are neither blank, comments, nor NIS `+`/`-` markers.
-fn records(text: &str) -> impl Iterator<Item = Vec<&str>> {
+/// Lines that are neither blank, comments, nor NIS `+`/`-` markers, split
+/// into their `:` fields (also used by COPY --chown's lookups).
+pub(crate) fn records(text: &str) -> impl Iterator<Item = Vec<&str>> {
     text.lines().filter_map(|line| {
         let line = line.trim();
         if line.is_empty() || line.starts_with(['#', '+', '-']) {

@@ -6,6 +6,7 @@
 use std::path::Path;
 
 use super::resolve::{Escape, Tree};
+use crate::sandbox::records;
 use crate::sandbox::{IdOrName, UserSpec};
 
 /// Owner given to everything a COPY creates.
@@ -99,15 +100,4 @@ fn read_etc(tree: &Tree<'_>, path: &'static str) -> Result<Option<String>, Chown
         Err(e) if super::resolve::is_missing(&e) => Ok(None),
         Err(source) => Err(ChownError::Read { path, source }),
     }
-}
-
-/// Fields of the lines that are neither blank, comments, nor NIS markers.
-fn records(text: &str) -> impl Iterator<Item = Vec<&str>> {
-    text.lines().filter_map(|line| {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with(['#', '+', '-']) {
-            return None;
-        }
-        Some(line.split(':').collect())
-    })
 }
