@@ -7,6 +7,11 @@ use clap::{Parser, Subcommand};
 
 mod cmd;
 
+/// mimalloc: Dockerfile compilation and layer work allocate many small,
+/// short-lived objects, where it is markedly faster than glibc's malloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "builder",
