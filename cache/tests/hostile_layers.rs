@@ -18,6 +18,9 @@ use cache::snapshot::{LayerRef, SnapshotError, Snapshots};
 use cache::store::Store;
 use tar::{EntryType, Header};
 
+mod common;
+use common::{gzip, require_root, root_opts};
+
 /// Builds tars header by header, with raw names the `tar` builder refuses.
 #[derive(Default)]
 struct Tar(Vec<u8>);
@@ -103,12 +106,6 @@ impl Tar {
         out.resize(out.len() + 1024, 0);
         out
     }
-}
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    enc.write_all(data).unwrap();
-    enc.finish().unwrap()
 }
 
 fn zstd_with_checksum(data: &[u8]) -> Vec<u8> {
@@ -198,26 +195,6 @@ fn describe(root: &Path, path: &Path, skip: Option<&Path>, out: &mut BTreeMap<Pa
 
 fn nlink(path: &str) -> u64 {
     fs::symlink_metadata(path).unwrap().nlink()
-}
-
-fn root_opts() -> UnpackOptions {
-    UnpackOptions {
-        allow_devices: true,
-        preserve_owner: true,
-        ..UnpackOptions::default()
-    }
-}
-
-fn require_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI must run these tests as root"
-    );
-    eprintln!("skipped: needs root (devices, chown, trusted xattrs)");
-    false
 }
 
 /// Unpacks `layer` into a fresh jail, asserts that nothing outside `dest`
