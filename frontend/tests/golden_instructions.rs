@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use frontend::instructions::{Locator, parse_dockerfile};
 
+mod common;
+
 fn cases_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/frontend/instructions")
 }
@@ -32,47 +34,7 @@ fn render(src: &[u8]) -> (String, bool) {
 
 #[test]
 fn golden_instructions() {
-    let update = std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1");
-    let mut dirs: Vec<PathBuf> = fs::read_dir(cases_dir())
-        .expect("testdata/frontend/instructions exists")
-        .map(|e| e.expect("readable").path())
-        .filter(|p| p.join("Dockerfile").is_file())
-        .collect();
-    dirs.sort();
-    assert!(
-        dirs.len() >= 10,
-        "expected the golden cases, found {}",
-        dirs.len()
-    );
-    let mut failures = Vec::new();
-    for dir in &dirs {
-        let src = fs::read(dir.join("Dockerfile")).expect("readable Dockerfile");
-        let (got, ok) = render(&src);
-        let (file, stale) = if ok {
-            ("expected.json", "error.txt")
-        } else {
-            ("error.txt", "expected.json")
-        };
-        let path = dir.join(file);
-        if update {
-            fs::write(&path, &got).expect("writable");
-            let _ = fs::remove_file(dir.join(stale));
-            continue;
-        }
-        match fs::read_to_string(&path) {
-            Ok(want) if want == got => {}
-            Ok(want) => failures.push(format!(
-                "{}: {file} differs\n--- want\n{want}--- got\n{got}",
-                dir.display()
-            )),
-            Err(_) => failures.push(format!("{}: no {file}; got\n{got}", dir.display())),
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases failed:\n{}",
-        failures.len(),
-        dirs.len(),
-        failures.join("\n")
-    );
+    common::run_golden(&cases_dir(), "expected.json", |dir| {
+        render(&fs::read(dir.join("Dockerfile")).expect("readable Dockerfile"))
+    });
 }
