@@ -764,14 +764,7 @@ impl Tree {
                     .map_err(|e| self.io_err("chown whiteout", path, e))?;
                 }
                 if let Some(meta) = meta {
-                    utimensat(
-                        dir,
-                        name,
-                        &timespec(meta.atime),
-                        &timespec(meta.mtime),
-                        UtimensatFlags::NoFollowSymlink,
-                    )
-                    .map_err(|e| self.io_err("set times of", path, e))?;
+                    self.set_times_at(dir, name, path, meta)?;
                 }
                 self.whiteouts.insert(path.clone());
                 self.written.insert(path.clone());
@@ -977,6 +970,17 @@ impl Tree {
                 xattr::set(&via, xname, value).map_err(|e| self.io_err("set xattr on", path, e))?;
             }
         }
+        self.set_times_at(dir, name, path, meta)
+    }
+
+    /// Access and modification times of `name` in `dir`, never following it.
+    fn set_times_at(
+        &self,
+        dir: &File,
+        name: &OsStr,
+        path: &RelPath,
+        meta: &Meta,
+    ) -> Result<(), LayerError> {
         utimensat(
             dir,
             name,
@@ -984,8 +988,7 @@ impl Tree {
             &timespec(meta.mtime),
             UtimensatFlags::NoFollowSymlink,
         )
-        .map_err(|e| self.io_err("set times of", path, e))?;
-        Ok(())
+        .map_err(|e| self.io_err("set times of", path, e))
     }
 
     /// Sets the deferred directory metadata, deepest first, so that neither
