@@ -7,6 +7,7 @@ pub mod compression;
 pub mod digest;
 pub mod images;
 pub mod json;
+pub mod keys;
 pub mod layer;
 pub mod snapshot;
 pub mod store;

@@ -17,5 +17,5 @@ pub mod solve;
 pub use resolver::LocalResolver;
 pub use solve::{
     BuildError, BuildRequest, BuildResult, LogStream, NoProgress, Progress, ProgressEvent,
-    StepError, build, build_with,
+    SecretSource, SecretSpec, SshSpec, StepError, build, build_with,
 };

@@ -57,6 +57,40 @@ pub struct BuildRequest {
     /// Clamps layer mtimes and dates the image, for reproducible digests.
     pub source_date_epoch: Option<i64>,
     pub layer_compression: CompressionOptions,
+    /// `--no-cache`: every step runs; results are still stored for later
+    /// builds.
+    pub no_cache: bool,
+    /// `--jobs N`: at most this many steps run at once (none: no limit;
+    /// RUN steps are waiting work, not bound to the number of cores).
+    pub jobs: Option<usize>,
+    /// `--secret`: what `RUN --mount=type=secret,id=ID` can read. Secret
+    /// values never enter a layer, a cache key or the progress output.
+    pub secrets: Vec<SecretSpec>,
+    /// `--ssh`: agent sockets `RUN --mount=type=ssh,id=ID` forwards.
+    pub ssh: Vec<SshSpec>,
+}
+
+/// One `--secret id=ID,src=PATH|env=VAR`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretSpec {
+    pub id: String,
+    pub source: SecretSource,
+}
+
+/// Where a secret's value comes from; read when a step mounts it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    File(PathBuf),
+    Env(String),
+}
+
+/// One `--ssh ID[=SOCKET]`: `default` with no socket means `$SSH_AUTH_SOCK`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshSpec {
+    pub id: String,
+    /// The agent socket (already resolved from `SSH_AUTH_SOCK` when none
+    /// was given).
+    pub socket: PathBuf,
 }
 
 impl BuildRequest {
@@ -119,6 +153,21 @@ pub enum ProgressEvent {
     StepStarted {
         vertex: VertexId,
         description: String,
+    },
+    /// The step's result came from the build cache: nothing ran. Sent
+    /// instead of `StepStarted`/`StepDone`.
+    StepCached {
+        vertex: VertexId,
+        description: String,
+    },
+    /// Why a step that an earlier build had run missed the cache: the first
+    /// of its inputs that changed, e.g. `COPY src/ /app: src/main.rs
+    /// changed` or `RUN make: build arg VERSION changed`. Sent before its
+    /// `StepStarted`, only for steps whose own inputs were all cached (the
+    /// root causes, not the steps that missed because a parent did).
+    CacheMiss {
+        vertex: VertexId,
+        reason: String,
     },
     /// One line of a RUN step's output, without its newline.
     Log {

@@ -242,7 +242,9 @@ fn progress_reports_each_step_once_with_its_output() {
             ProgressEvent::StepDone { vertex, .. } => {
                 assert_eq!(open.take(), Some(*vertex));
             }
-            ProgressEvent::StepFailed { .. } => panic!("{event:?}"),
+            ProgressEvent::StepFailed { .. }
+            | ProgressEvent::StepCached { .. }
+            | ProgressEvent::CacheMiss { .. } => panic!("{event:?}"),
         }
     }
     assert!(open.is_none());

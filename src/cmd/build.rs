@@ -27,7 +27,7 @@ use frontend::dockerignore::{PatternMatcher, dockerfile_ignore_path, select_igno
 use frontend::graph::NetworkMode;
 use nix::sys::signal::Signal;
 use solver::sandbox::CancelHandle;
-use solver::{BuildError, BuildRequest, BuildResult};
+use solver::{BuildError, BuildRequest, BuildResult, SecretSource, SecretSpec, SshSpec};
 
 use super::progress::{Mode, Renderer};
 
@@ -60,9 +60,18 @@ pub(crate) struct BuildArgs {
     /// The stage to build.
     #[arg(long, value_name = "STAGE")]
     target: Option<String>,
-    /// Do not use the cache (accepted; nothing is cached yet).
+    /// Do not use the cache: run every step (results are still stored).
     #[arg(long)]
     no_cache: bool,
+    /// Run at most N steps at once (default: no limit).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    jobs: Option<u32>,
+    /// A secret for `RUN --mount=type=secret`: `id=ID,src=PATH` or `id=ID,env=VAR`.
+    #[arg(long = "secret", value_name = "id=ID,src=PATH|env=VAR")]
+    secrets: Vec<String>,
+    /// An SSH agent for `RUN --mount=type=ssh`: `default` (`$SSH_AUTH_SOCK`) or `ID=SOCKET`.
+    #[arg(long = "ssh", value_name = "default|ID[=SOCKET]")]
+    ssh: Vec<String>,
     /// Suppress the build output and print the image id on success.
     #[arg(short, long)]
     quiet: bool,
@@ -443,7 +452,90 @@ fn request(args: &BuildArgs, shown: &str, dockerfile: Vec<u8>) -> anyhow::Result
         extra_hosts,
         source_date_epoch,
         layer_compression: CompressionOptions::new(Compression::Gzip),
+        no_cache: args.no_cache,
+        jobs: args.jobs.map(|n| n as usize),
+        secrets: args
+            .secrets
+            .iter()
+            .map(|s| parse_secret(s))
+            .collect::<anyhow::Result<_>>()?,
+        ssh: args
+            .ssh
+            .iter()
+            .map(|s| parse_ssh(s))
+            .collect::<anyhow::Result<_>>()?,
     })
+}
+
+/// `--secret id=ID,src=PATH` (also `source=`, and `type=file|env`), or
+/// `id=ID,env=VAR`, as buildx. Without a source, the file or variable
+/// named like the id is used (buildx: `env` when such a variable is set).
+fn parse_secret(raw: &str) -> anyhow::Result<SecretSpec> {
+    let mut id = None;
+    let mut kind = None;
+    let mut src = None;
+    let mut env = None;
+    for field in raw.split(',') {
+        let (k, v) = field
+            .split_once('=')
+            .with_context(|| format!("invalid --secret {raw:?}: {field:?} is not KEY=VALUE"))?;
+        match k.trim().to_ascii_lowercase().as_str() {
+            "id" => id = Some(v.to_owned()),
+            "type" => kind = Some(v.to_owned()),
+            "src" | "source" => src = Some(v.to_owned()),
+            "env" => env = Some(v.to_owned()),
+            other => anyhow::bail!("invalid --secret {raw:?}: unknown key {other:?}"),
+        }
+    }
+    let id = id
+        .or_else(|| src.as_ref().or(env.as_ref()).cloned())
+        .filter(|id| !id.is_empty())
+        .with_context(|| format!("invalid --secret {raw:?}: id=ID is required"))?;
+    let source = match (kind.as_deref(), src, env) {
+        (_, Some(_), Some(_)) => {
+            anyhow::bail!("invalid --secret {raw:?}: give either src= or env=, not both")
+        }
+        (Some("env"), Some(var), None) | (_, None, Some(var)) => SecretSource::Env(var),
+        (Some("file") | None, Some(path), None) => SecretSource::File(PathBuf::from(path)),
+        (Some("env"), None, None) => SecretSource::Env(id.clone()),
+        (Some("file"), None, None) => SecretSource::File(PathBuf::from(&id)),
+        (None, None, None) if std::env::var_os(&id).is_some() => SecretSource::Env(id.clone()),
+        (None, None, None) => SecretSource::File(PathBuf::from(&id)),
+        (Some(other), _, _) => {
+            anyhow::bail!("invalid --secret {raw:?}: unknown type {other:?} (file or env)")
+        }
+    };
+    if let SecretSource::File(path) = &source {
+        if !path.is_file() {
+            anyhow::bail!(
+                "invalid --secret {raw:?}: {} is not a readable file",
+                path.display()
+            );
+        }
+    }
+    Ok(SecretSpec { id, source })
+}
+
+/// `--ssh default`, `--ssh ID=SOCKET`: the agent socket must exist.
+fn parse_ssh(raw: &str) -> anyhow::Result<SshSpec> {
+    let (id, socket) = match raw.split_once('=') {
+        Some((id, path)) => (id.to_owned(), PathBuf::from(path)),
+        None => {
+            let sock = std::env::var_os("SSH_AUTH_SOCK").with_context(|| {
+                format!(
+                    "--ssh {raw}: SSH_AUTH_SOCK is not set (start an agent or give {raw}=SOCKET)"
+                )
+            })?;
+            (raw.to_owned(), PathBuf::from(sock))
+        }
+    };
+    if id.is_empty() {
+        anyhow::bail!("invalid --ssh {raw:?}: empty id");
+    }
+    if !socket.exists() {
+        anyhow::bail!("--ssh {raw}: {} does not exist", socket.display());
+    }
+    Ok(SshSpec { id, socket })
 }
 
 /// `--build-arg K=V`, or `K` alone taking its value from the environment

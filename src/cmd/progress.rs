@@ -216,6 +216,17 @@ impl Progress for Renderer {
                 s.started.remove(&n.0);
                 self.errored(&mut s, n, message);
             }
+            // Rendered properly by the progress rework (issue 5).
+            ProgressEvent::StepCached {
+                vertex,
+                description,
+            } => {
+                let n = s.number(*vertex);
+                self.started(&mut s, n, description);
+                s.started.remove(&n.0);
+                self.finished(&mut s, n, Duration::ZERO);
+            }
+            ProgressEvent::CacheMiss { .. } => {}
         }
     }
 }
