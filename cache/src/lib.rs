@@ -5,6 +5,7 @@
 pub mod archive;
 pub mod compression;
 pub mod digest;
+pub mod gc;
 pub mod images;
 pub mod json;
 pub mod keys;

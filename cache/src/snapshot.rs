@@ -230,8 +230,22 @@ impl Snapshots {
     /// `tmp/` before being deleted, so a crash half-way leaves garbage there
     /// rather than a partial snapshot. Returns false if there was none.
     pub fn remove(&self, diff_id: &Digest) -> Result<bool, SnapshotError> {
+        let lock = self.store.lock_exclusive(&lock_name(diff_id))?;
+        self.remove_locked(diff_id, lock)
+    }
+
+    /// Like [`Snapshots::remove`], but returns `None` at once, removing
+    /// nothing, while somebody holds the snapshot (GC must not wait for a
+    /// running build).
+    pub fn try_remove(&self, diff_id: &Digest) -> Result<Option<bool>, SnapshotError> {
+        match self.store.try_lock_exclusive(&lock_name(diff_id))? {
+            Some(lock) => self.remove_locked(diff_id, lock).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn remove_locked(&self, diff_id: &Digest, _lock: StoreLock) -> Result<bool, SnapshotError> {
         let path = self.path(diff_id);
-        let _lock = self.store.lock_exclusive(&lock_name(diff_id))?;
         if !self.exists(diff_id) {
             return Ok(false);
         }
