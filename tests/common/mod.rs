@@ -392,3 +392,161 @@ pub(crate) fn stdout(out: &Output) -> String {
 pub(crate) fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// The events of a `builder build --progress=json` run (one JSON object a
+/// line on stderr; other lines, such as the final error, are kept apart).
+#[derive(Debug, Default)]
+pub(crate) struct Events {
+    pub(crate) events: Vec<serde_json::Value>,
+    /// Lines of stderr that are not JSON objects.
+    pub(crate) other: Vec<String>,
+}
+
+impl Events {
+    pub(crate) fn parse(stderr: &str) -> Events {
+        let mut out = Events::default();
+        for line in stderr.lines() {
+            match serde_json::from_str::<serde_json::Value>(line) {
+                Ok(v) if v.is_object() => out.events.push(v),
+                _ => out.other.push(line.to_owned()),
+            }
+        }
+        out
+    }
+
+    /// Events of `kind` ("started", "cached", "done", ...).
+    pub(crate) fn of(&self, kind: &str) -> impl Iterator<Item = &serde_json::Value> {
+        self.events.iter().filter(move |e| e["type"] == kind)
+    }
+
+    /// The name of step `step`, from its "started" or "cached" event.
+    pub(crate) fn name(&self, step: &serde_json::Value) -> Option<&str> {
+        self.events
+            .iter()
+            .filter(|e| e["type"] == "started" || e["type"] == "cached")
+            .find(|e| &e["step"] == step)
+            .and_then(|e| e["name"].as_str())
+    }
+
+    /// The instructions (names without their `[stage n/m] ` prefix) of the
+    /// solver's steps (those with a vertex) that had an event of `kind`.
+    pub(crate) fn instructions(&self, kind: &str) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .of(kind)
+            .filter(|e| e.get("vertex").is_some_and(|v| !v.is_null()))
+            .filter_map(|e| self.name(&e["step"]))
+            .map(|n| instruction(n).to_owned())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// The RUN, COPY and ADD steps that ran (had a "started" event).
+    pub(crate) fn ran(&self) -> Vec<String> {
+        filesystem_steps(self.instructions("started"))
+    }
+
+    /// The RUN, COPY and ADD steps that came from the cache.
+    pub(crate) fn cached(&self) -> Vec<String> {
+        filesystem_steps(self.instructions("cached"))
+    }
+
+    /// The `[started, done]` times (unix seconds) of the step whose
+    /// instruction is `instruction`.
+    pub(crate) fn interval(&self, instruction_text: &str) -> (f64, f64) {
+        let started = self
+            .of("started")
+            .find(|e| e["name"].as_str().map(instruction) == Some(instruction_text))
+            .unwrap_or_else(|| panic!("no started event for {instruction_text:?}: {self:#?}"));
+        let done = self
+            .of("done")
+            .find(|e| e["step"] == started["step"])
+            .unwrap_or_else(|| panic!("no done event for {instruction_text:?}: {self:#?}"));
+        (
+            started["time"]
+                .as_f64()
+                .expect("a started event has a time"),
+            done["time"].as_f64().expect("a done event has a time"),
+        )
+    }
+
+    /// Every name of an event (started or cached), vertex or not.
+    pub(crate) fn names(&self) -> Vec<&str> {
+        self.events
+            .iter()
+            .filter_map(|e| e["name"].as_str())
+            .collect()
+    }
+
+    /// Error messages from "error" events and the lines that are not JSON.
+    pub(crate) fn error_text(&self) -> String {
+        let mut text = String::new();
+        for e in self.of("error") {
+            if let Some(step) = self.name(&e["step"]) {
+                text.push_str(step);
+                text.push_str(": ");
+            }
+            text.push_str(e["message"].as_str().unwrap_or_default());
+            text.push('\n');
+        }
+        for line in &self.other {
+            text.push_str(line);
+            text.push('\n');
+        }
+        text
+    }
+}
+
+/// `[stage 2/3] RUN x` -> `RUN x`.
+pub(crate) fn instruction(name: &str) -> &str {
+    match name.strip_prefix('[') {
+        Some(rest) => rest.split_once("] ").map_or(name, |(_, i)| i),
+        None => name,
+    }
+}
+
+fn filesystem_steps(names: Vec<String>) -> Vec<String> {
+    names
+        .into_iter()
+        .filter(|n| n.starts_with("RUN ") || n.starts_with("COPY ") || n.starts_with("ADD "))
+        .collect()
+}
+
+impl TestRoot {
+    /// `builder build --progress=json ARGS CONTEXT`, whatever its status,
+    /// and its events.
+    pub(crate) fn build_json(&self, context: &Path, args: &[&str]) -> (Output, Events) {
+        let mut c = self.builder();
+        c.args(["build", "--progress=json"]).args(args).arg(context);
+        let out = c
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {c:?}: {e}"));
+        let events = Events::parse(&String::from_utf8_lossy(&out.stderr));
+        (out, events)
+    }
+
+    /// Like [`TestRoot::build_json`]; the build must succeed.
+    pub(crate) fn build_json_ok(&self, context: &Path, args: &[&str]) -> Events {
+        let (out, events) = self.build_json(context, args);
+        assert!(
+            out.status.success(),
+            "build {args:?} failed with {}\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        events
+    }
+}
+
+/// Mount points at or under `dir` (from /proc/self/mountinfo).
+pub(crate) fn mounts_under(dir: &Path) -> Vec<String> {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let prefix = dir.to_string_lossy().into_owned();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| *m == prefix || m.starts_with(&format!("{prefix}/")))
+        .map(str::to_owned)
+        .collect()
+}

@@ -1,0 +1,207 @@
+//! SIGKILL during `builder build`, end to end, as root: whenever the build
+//! dies, the root stays valid, the next build succeeds, and every step that
+//! had finished well before the kill comes back from the cache.
+//!
+//! The kill points are random (a seeded xorshift; the seed is printed, and
+//! `CRASH_SEED=N` replays a run) over the measured length of a cold build.
+//! "Finished well before the kill" is every step with a `done` event in the
+//! killed build's `--progress=json` output except the last one, whose cache
+//! record may have been cut short.
+
+mod common;
+
+use std::fs;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant, SystemTime};
+
+use common::{
+    Events, KillOnDrop, TestRoot, check_store, instruction, mounts_under, sandbox_available,
+};
+use serde_json::json;
+
+const ITERATIONS: usize = 8;
+/// The signal number of SIGKILL on Linux.
+const SIGKILL: i32 = 9;
+
+/// Sequential and parallel RUN steps, small and large COPYs (the 8 MiB file
+/// makes layer writing take a while), so that kills land in every phase.
+fn dockerfile(marker: &str) -> String {
+    format!(
+        "\
+FROM busybox AS base
+RUN echo {marker} > /marker
+COPY big.bin /big.bin
+RUN sleep 0.3 && cp /big.bin /big2.bin
+RUN sleep 0.2 && echo 1 > /s1
+
+FROM base AS left
+RUN sleep 0.4 && echo left > /left
+COPY small/ /small/
+
+FROM base AS right
+RUN sleep 0.3 && echo right > /right
+RUN sleep 0.2 && echo right2 > /right2
+
+FROM busybox
+COPY --from=left /left /small /
+COPY --from=right /right /right2 /
+RUN cat /left /right > /both
+"
+    )
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut r = Rng(seed | 1);
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        out.extend_from_slice(&r.next().to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn context(t: &TestRoot) -> PathBuf {
+    let ctx = t.context(&[("small/a", "a\n"), ("small/b", "b\n")]);
+    fs::write(ctx.join("big.bin"), noise(8 << 20, 7)).unwrap();
+    fs::write(ctx.join("Dockerfile"), dockerfile("crash")).unwrap();
+    ctx
+}
+
+/// The instructions of the RUN/COPY steps with a `done` event before
+/// `before` (unix seconds), in the order they finished.
+fn done_before(events: &Events, before: f64) -> Vec<String> {
+    events
+        .of("done")
+        .filter(|e| e.get("vertex").is_some_and(|v| !v.is_null()))
+        .filter(|e| e["time"].as_f64().is_some_and(|t| t < before))
+        .filter_map(|e| events.name(&e["step"]))
+        .map(|n| instruction(n).to_owned())
+        .filter(|n| n.starts_with("RUN ") || n.starts_with("COPY "))
+        .collect()
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// Starts a build with its events going to `log`, SIGKILLs it after
+/// `after`; returns whether it was still running and the kill's time.
+fn kill_build_after(t: &TestRoot, ctx: &Path, log: &Path, after: Duration) -> (bool, f64) {
+    let mut c = t.builder();
+    c.args(["build", "--progress=json", "-t", "app"])
+        .arg(ctx)
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(log).unwrap());
+    let mut child = KillOnDrop(c.spawn().unwrap());
+    std::thread::sleep(after);
+    let at = unix_now();
+    // Child::kill sends SIGKILL.
+    let _ = child.0.kill();
+    let status = child.0.wait().unwrap();
+    (status.signal() == Some(SIGKILL), at)
+}
+
+#[test]
+fn sigkill_during_build_keeps_every_complete_result() {
+    if !sandbox_available() {
+        return;
+    }
+    let seed: u64 = std::env::var("CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("CRASH_SEED={seed}");
+    let mut rng = Rng(seed | 1);
+
+    // How long a cold build takes here.
+    let calibrate = TestRoot::new();
+    calibrate.busybox_image("busybox", json!({"Cmd": ["sh"]}));
+    let ctx = context(&calibrate);
+    let start = Instant::now();
+    calibrate.build_json_ok(&ctx, &["-t", "app"]);
+    let total = start.elapsed();
+    eprintln!("a cold build takes {total:?}");
+
+    let mut killed = 0;
+    let mut reused = 0;
+    for i in 0..ITERATIONS {
+        let t = TestRoot::new();
+        t.busybox_image("busybox", json!({"Cmd": ["sh"]}));
+        let ctx = context(&t);
+        // Over the first 95% of a cold build: the machine is shared and a
+        // later kill often finds the build gone.
+        let after = total.mul_f64(0.95 * rng.unit());
+        let log = t.path("killed.log");
+        let (was_running, at) = kill_build_after(&t, &ctx, &log, after);
+        let events = Events::parse(&fs::read_to_string(&log).unwrap());
+        let mut done = done_before(&events, at);
+        // The last one's record may have been cut short by the kill.
+        done.pop();
+        eprintln!(
+            "iteration {i}: killed after {after:?} ({}), complete before: {done:?}",
+            if was_running {
+                "running"
+            } else {
+                "already exited"
+            }
+        );
+        if was_running {
+            killed += 1;
+        }
+
+        check_store(&t.root());
+
+        let again = t.build_json_ok(&ctx, &["-t", "app"]);
+        let cached = again.cached();
+        for step in &done {
+            assert!(
+                cached.contains(step),
+                "iteration {i} (CRASH_SEED={seed}): {step:?} finished before the kill but ran again\n{again:#?}"
+            );
+        }
+        reused += done.len();
+        check_store(&t.root());
+        assert_eq!(
+            t.ok(&["run", "app", "cat", "/both", "/small/a"]),
+            "left\nright\na\n"
+        );
+        // And the one after that runs nothing.
+        let third = t.build_json_ok(&ctx, &["-t", "app"]);
+        assert!(third.ran().is_empty(), "iteration {i}: {third:#?}");
+        let mounts = mounts_under(&t.root());
+        assert!(mounts.is_empty(), "iteration {i}: mounts left: {mounts:?}");
+    }
+    eprintln!(
+        "{killed} of {ITERATIONS} kills hit a running build; {reused} complete results checked for reuse"
+    );
+    assert!(
+        killed >= ITERATIONS / 2,
+        "only {killed} kills hit a running build"
+    );
+}
