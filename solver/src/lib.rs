@@ -7,15 +7,18 @@
 // costs nothing, and boxing it would only make matching on it clumsier.
 #![allow(clippy::result_large_err)]
 
+pub mod cachekey;
+pub mod context_hash;
 pub mod image;
 pub mod ops;
 pub mod resolver;
 pub mod rootfs;
 pub mod sandbox;
+mod scheduler;
 pub mod solve;
 
 pub use resolver::LocalResolver;
 pub use solve::{
-    BuildError, BuildRequest, BuildResult, LogStream, NoProgress, Progress, ProgressEvent,
-    SecretSource, SecretSpec, SshSpec, StepError, build, build_with,
+    BuildError, BuildRequest, BuildResult, BuildStats, LogStream, NoProgress, Progress,
+    ProgressEvent, SecretSource, SecretSpec, SshSpec, StepError, build, build_with,
 };

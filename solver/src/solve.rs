@@ -15,11 +15,12 @@ use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cache::Digest;
 use cache::compression::CompressionOptions;
 use cache::images::{ImageError, ImageStore};
+use cache::keys::KeyIndex;
 use cache::snapshot::{SnapshotError, Snapshots};
 use cache::store::{Store, StoreError, StoreLock};
 use frontend::SourceError;
@@ -27,12 +28,14 @@ use frontend::convert::{CompileOptions, Warning, compile};
 use frontend::dockerignore::PatternMatcher;
 use frontend::graph::{NetworkMode, Op, SourcePos, VertexId};
 
+use crate::cachekey::{KeyComputer, KeyError, VertexKey};
 use crate::image::{ImageWriteError, Timestamp, write_image};
+use crate::ops::State;
 use crate::ops::copy::CopyError;
-use crate::ops::{OpContext, State, operation};
 use crate::resolver::{LocalResolver, error_chain, parse_digest};
 use crate::rootfs::LayerError;
 use crate::sandbox::{CancelHandle, Executor, LinuxExecutor, SandboxError};
+use crate::scheduler;
 
 /// Everything a build needs besides the store.
 #[derive(Debug, Clone, Default)]
@@ -125,6 +128,24 @@ pub struct BuildResult {
     pub manifest: Vec<u8>,
     pub config: Vec<u8>,
     pub warnings: Vec<Warning>,
+    pub stats: BuildStats,
+}
+
+/// What the build cache did in a build, for tests and tools.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BuildStats {
+    /// Key index lookups.
+    pub lookups: usize,
+    /// Lookups that gave a usable result.
+    pub hits: usize,
+    /// Vertices whose op ran (sources, RUN, COPY/ADD, WORKDIR; not scratch
+    /// or the context), in id order.
+    pub executed: Vec<VertexId>,
+    /// Their descriptions, in the same order.
+    pub executed_steps: Vec<String>,
+    /// Vertices whose result came from the cache or from an identical
+    /// vertex of this build, in id order.
+    pub cached: Vec<VertexId>,
 }
 
 /// Receives progress while a build runs; called from the building thread.
@@ -210,6 +231,8 @@ pub enum StepError {
         #[source]
         source: SnapshotError,
     },
+    #[error(transparent)]
+    Context(KeyError),
     #[error("cannot {action} {what}")]
     Io {
         action: &'static str,
@@ -363,87 +386,53 @@ pub fn build_with(
         position: None,
         message,
     }));
-
-    // Results are released once their last consumer has run.
-    let mut uses = vec![0usize; graph.len()];
-    for &id in &needed {
-        for &input in &graph.vertex(id).inputs {
-            uses[input] += 1;
-        }
-    }
-    let snapshots = Snapshots::new(store);
-    let holds: Mutex<Vec<StoreLock>> = Mutex::new(Vec::new());
-    let mut results: Vec<Option<State>> = (0..graph.len()).map(|_| None).collect();
-    for &id in &needed {
-        if cancel.is_cancelled() {
-            return Err(BuildError::Cancelled);
-        }
-        let vertex = graph.vertex(id);
-        let inputs: Vec<&State> = vertex
-            .inputs
-            .iter()
-            .map(|&i| results[i].as_ref().expect("inputs run first"))
-            .collect();
-        let cx = OpContext {
-            store,
-            snapshots: &snapshots,
-            images: &images,
-            executor,
-            request: req,
-            progress,
-            cancel,
-            vertex_id: id,
-            vertex,
-            source_digest: sources[id],
-            holds: &holds,
-        };
-        let visible = !matches!(vertex.op, Op::Scratch);
-        if visible {
-            progress.event(&ProgressEvent::StepStarted {
-                vertex: id,
-                description: vertex.description.clone(),
-            });
-        }
-        let started = Instant::now();
-        let outcome = operation(&vertex.op).run(&cx, &inputs);
-        drop(inputs);
-        let state = match outcome {
-            Ok(state) => state,
-            Err(err) => {
-                let err = if cancel.is_cancelled() {
-                    BuildError::Cancelled
-                } else {
-                    err
-                };
-                if visible {
-                    progress.event(&ProgressEvent::StepFailed {
-                        vertex: id,
-                        message: error_chain(&err),
-                    });
-                }
-                return Err(err);
-            }
-        };
-        if visible {
-            progress.event(&ProgressEvent::StepDone {
-                vertex: id,
-                duration: started.elapsed(),
-            });
-        }
-        results[id] = Some(state);
-        for &input in &vertex.inputs {
-            uses[input] -= 1;
-            if uses[input] == 0 && input != target.vertex {
-                results[input] = None;
-            }
-        }
-    }
+    // `builder prune` takes this exclusively: nothing this build uses is
+    // removed while it runs.
+    let _gc = store.lock_shared("gc")?;
     if cancel.is_cancelled() {
         return Err(BuildError::Cancelled);
     }
 
-    let chain = match results[target.vertex].take() {
-        Some(State::Layers(chain)) => chain,
+    let mut keys: Vec<Option<VertexKey>> = vec![None; graph.len()];
+    let mut computer = KeyComputer::new(graph, req, store);
+    for &id in &needed {
+        keys[id] = computer.key(id, &keys, sources[id]).map_err(|e| {
+            let vertex = graph.vertex(e.vertex);
+            BuildError::Step {
+                vertex: e.vertex,
+                description: vertex.description.clone(),
+                position: vertex.position,
+                source: StepError::Context(e),
+            }
+        })?;
+    }
+    let notes = step_notes(graph, req);
+
+    let snapshots = Snapshots::new(store);
+    let holds: Mutex<Vec<StoreLock>> = Mutex::new(Vec::new());
+    let index = KeyIndex::new(store);
+    let env = scheduler::Env {
+        store,
+        snapshots: &snapshots,
+        images: &images,
+        index: &index,
+        executor,
+        request: req,
+        progress,
+        cancel,
+        graph,
+        sources: &sources,
+        keys: &keys,
+        notes: &notes,
+        holds: &holds,
+    };
+    let mut stats = BuildStats::default();
+    let outcome = scheduler::run(&env, target.vertex, &mut stats);
+    computer.save();
+    let state = outcome?;
+
+    let chain = match state.as_ref() {
+        State::Layers(chain) => chain.clone(),
         // `FROM` a named local context is not built here yet.
         _ => {
             let vertex = graph.vertex(target.vertex);
@@ -467,7 +456,31 @@ pub fn build_with(
         manifest: stored.manifest,
         config: stored.config,
         warnings,
+        stats,
     })
+}
+
+/// The note name of every step: a digest of the canonical context
+/// directory, the Dockerfile path, the stage and the step's ordinal in it,
+/// so that the next build of the same Dockerfile finds what this step's key
+/// was made of. Vertices of no stage (the context, scratch) have none.
+fn step_notes(graph: &frontend::graph::BuildGraph, req: &BuildRequest) -> Vec<Option<String>> {
+    let context =
+        std::fs::canonicalize(&req.context_dir).unwrap_or_else(|_| req.context_dir.clone());
+    let mut ordinal: std::collections::HashMap<usize, usize> = std::collections::HashMap::new();
+    (0..graph.len())
+        .map(|id| {
+            let stage = graph.vertex(id).stage?;
+            let n = ordinal.entry(stage).or_insert(0);
+            *n += 1;
+            let identity = format!(
+                "{}\0{}\0{stage}\0{n}",
+                context.display(),
+                req.dockerfile_path
+            );
+            Some(format!("step-{}", Digest::of(identity.as_bytes()).hex()))
+        })
+        .collect()
 }
 
 /// The vertices `target` depends on (itself included), in id order, which

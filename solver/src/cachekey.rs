@@ -1,0 +1,694 @@
+//! Cache keys: what a build step's result depends on, hashed with an
+//! explicit, versioned scheme (never `derive(Hash)`), and kept as named
+//! components so that a miss can say which input changed.
+//!
+//! A key is `sha256(len ‖ KEY_VERSION ‖ for each component: len ‖ name ‖
+//! value digest)`, lengths as little-endian u64. A component's value digest
+//! is itself `sha256` over its length-prefixed fields. Secret values never
+//! enter a key: a secret mount is keyed by its declaration only.
+//!
+//! What is keyed, per op (see ARCHITECTURE "Cache keys"):
+//! - scratch: a constant;
+//! - source: the resolved manifest digest and the platform;
+//! - exec: the parent key, argv, env (each variable its own component, ARG
+//!   values named `build arg NAME`; proxy variables are left out, as in
+//!   BuildKit), user, workdir, the effective network, security mode,
+//!   `--add-host`, inline files and every mount's declaration with what it
+//!   reads (the context checksum of a bind-mounted context subtree, or the
+//!   key of the stage a mount reads);
+//! - copy: the parent key, every field, and the sources: the context
+//!   checksum of exactly the selected paths, or the key of the stage/image
+//!   they are read from; inline (heredoc) files by content; a URL with
+//!   `--checksum` by that checksum. A URL without `--checksum` and a git
+//!   source are not cached at all (the step always runs, and so do the
+//!   steps after it): their content is only known after downloading it;
+//! - mkdir (WORKDIR): the parent key, path, mode and user.
+//!
+//! Every cached op also keys the layer compression and SOURCE_DATE_EPOCH,
+//! which change the blobs it produces.
+
+use std::collections::BTreeMap;
+
+use cache::Digest;
+use cache::compression::CompressionOptions;
+use frontend::graph::{
+    BuildGraph, CacheSharing, Chmod, CopyOp, CopySource, ExecMountKind, ExecOp, MkdirOp,
+    NetworkMode, Op, SecurityMode, VertexId,
+};
+use sha2::{Digest as _, Sha256};
+
+use crate::solve::BuildRequest;
+use context_fallback as context_hash;
+use context_hash::{ContextHasher, ContextSum, Selection};
+
+/// The version of the key scheme; changing how anything is keyed must
+/// change it, so that old records are never matched by new keys.
+pub const KEY_VERSION: &str = "builder-cache-key-v1";
+
+/// One named input of a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Component {
+    /// What the input is, for people: `command`, `env HOME`, `build arg
+    /// VERSION`, `parent`, `context files`…
+    pub name: String,
+    pub value: Digest,
+    /// The vertex whose key this component is (a parent or a stage read by
+    /// COPY --from or a mount): its change is explained at that vertex.
+    pub input: Option<VertexId>,
+}
+
+/// A vertex's key with the components it was made from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VertexKey {
+    pub digest: Digest,
+    pub components: Vec<Component>,
+    /// Per-file checksums behind the context components (by component
+    /// name), so a miss can name the file that changed.
+    pub files: BTreeMap<String, Vec<(String, Digest)>>,
+}
+
+/// Builds one key from its components.
+struct KeyBuilder {
+    components: Vec<Component>,
+    files: BTreeMap<String, Vec<(String, Digest)>>,
+}
+
+/// Hashes length-prefixed fields.
+fn hash_fields(fields: &[&[u8]]) -> Digest {
+    let mut h = Sha256::new();
+    for f in fields {
+        h.update((f.len() as u64).to_le_bytes());
+        h.update(f);
+    }
+    Digest::from_bytes(h.finalize().into())
+}
+
+impl KeyBuilder {
+    fn new(op: &str) -> Self {
+        let mut b = KeyBuilder {
+            components: Vec::new(),
+            files: BTreeMap::new(),
+        };
+        b.add("op", &[op.as_bytes()]);
+        b
+    }
+
+    fn add(&mut self, name: impl Into<String>, fields: &[&[u8]]) {
+        self.components.push(Component {
+            name: name.into(),
+            value: hash_fields(fields),
+            input: None,
+        });
+    }
+
+    fn add_str(&mut self, name: impl Into<String>, value: &str) {
+        self.add(name, &[value.as_bytes()]);
+    }
+
+    fn add_opt(&mut self, name: impl Into<String>, value: Option<&str>) {
+        match value {
+            None => self.add(name, &[b"none"]),
+            Some(v) => self.add(name, &[b"some", v.as_bytes()]),
+        }
+    }
+
+    fn add_input(&mut self, name: impl Into<String>, input: VertexId, key: &VertexKey) {
+        self.components.push(Component {
+            name: name.into(),
+            value: key.digest,
+            input: Some(input),
+        });
+    }
+
+    fn add_context(&mut self, name: impl Into<String>, sum: ContextSum) {
+        let name = name.into();
+        self.components.push(Component {
+            name: name.clone(),
+            value: sum.digest,
+            input: None,
+        });
+        self.files.insert(name, sum.entries);
+    }
+
+    fn add_layer_format(&mut self, req: &BuildRequest) {
+        let c: &CompressionOptions = &req.layer_compression;
+        let level = c
+            .effective_level()
+            .map_or_else(|| "default".to_owned(), |l| l.to_string());
+        self.add(
+            "layer compression",
+            &[c.kind.name().as_bytes(), level.as_bytes()],
+        );
+        let epoch = req.source_date_epoch.map(|e| e.to_string());
+        self.add_opt("SOURCE_DATE_EPOCH", epoch.as_deref());
+    }
+
+    fn finish(self) -> VertexKey {
+        let mut h = Sha256::new();
+        let mut field = |bytes: &[u8]| {
+            h.update((bytes.len() as u64).to_le_bytes());
+            h.update(bytes);
+        };
+        field(KEY_VERSION.as_bytes());
+        for c in &self.components {
+            field(c.name.as_bytes());
+            field(c.value.as_bytes());
+        }
+        VertexKey {
+            digest: Digest::from_bytes(h.finalize().into()),
+            components: self.components,
+            files: self.files,
+        }
+    }
+}
+
+/// Why a key could not be computed.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot checksum the build context")]
+pub struct KeyError {
+    pub vertex: VertexId,
+    #[source]
+    pub source: context_hash::ContextHashError,
+}
+
+/// Computes keys vertex by vertex; inputs must be computed first.
+pub struct KeyComputer<'a> {
+    graph: &'a BuildGraph,
+    req: &'a BuildRequest,
+    /// Made when the first step reads the context.
+    hasher: Option<ContextHasher>,
+    store: &'a cache::store::Store,
+}
+
+impl<'a> KeyComputer<'a> {
+    pub fn new(
+        graph: &'a BuildGraph,
+        req: &'a BuildRequest,
+        store: &'a cache::store::Store,
+    ) -> Self {
+        KeyComputer {
+            graph,
+            req,
+            hasher: None,
+            store,
+        }
+    }
+
+    /// Persists what the context hasher learnt (its stat cache).
+    pub fn save(&self) {
+        if let Some(hasher) = &self.hasher {
+            // Losing the stat cache only costs re-reading files next time.
+            let _ = hasher.save();
+        }
+    }
+
+    fn context_sum(
+        &mut self,
+        vertex: VertexId,
+        paths: Vec<&str>,
+        exclude: &[String],
+    ) -> Result<ContextSum, KeyError> {
+        if self.hasher.is_none() {
+            let hasher =
+                ContextHasher::new(self.store, &self.req.context_dir, self.req.ignore.as_ref())
+                    .map_err(|source| KeyError { vertex, source })?;
+            self.hasher = Some(hasher);
+        }
+        let hasher = self.hasher.as_ref().expect("just made");
+        hasher
+            .checksum(&Selection { paths, exclude })
+            .map_err(|source| KeyError { vertex, source })
+    }
+
+    /// The key of `id`, given the keys of the vertices before it (`None`:
+    /// not cacheable, or the context, which is no result of its own).
+    /// `source_digest` is the resolved manifest of a source op.
+    pub fn key(
+        &mut self,
+        id: VertexId,
+        keys: &[Option<VertexKey>],
+        source_digest: Option<Digest>,
+    ) -> Result<Option<VertexKey>, KeyError> {
+        let vertex = self.graph.vertex(id);
+        let key = match &vertex.op {
+            Op::Scratch => Some(KeyBuilder::new("scratch").finish()),
+            Op::Source(op) => source_digest.map(|digest| {
+                let mut b = KeyBuilder::new("source");
+                b.add_str("image", &digest.to_string());
+                b.add_str("platform", &op.platform);
+                b.finish()
+            }),
+            Op::Context(_) => None,
+            Op::Exec(op) => self.exec_key(id, op, keys)?,
+            Op::Copy(op) => self.copy_key(id, op, keys)?,
+            Op::Mkdir(op) => mkdir_key(self.graph, id, op, keys, self.req),
+        };
+        Ok(key)
+    }
+
+    fn exec_key(
+        &mut self,
+        id: VertexId,
+        op: &ExecOp,
+        keys: &[Option<VertexKey>],
+    ) -> Result<Option<VertexKey>, KeyError> {
+        let vertex = self.graph.vertex(id);
+        let mut b = KeyBuilder::new("exec");
+        let Some(parent) = input_key(vertex.inputs.first(), keys) else {
+            return Ok(None);
+        };
+        b.add_input("parent", vertex.inputs[0], parent);
+        let argv: Vec<&[u8]> = op.args.iter().map(|a| a.as_bytes()).collect();
+        b.add("command", &argv);
+        for entry in op.env.iter() {
+            let (name, value) = entry.split_once('=').unwrap_or((entry, ""));
+            let label = if vertex.build_args.iter().any(|a| &**a == name) {
+                format!("build arg {name}")
+            } else {
+                format!("env {name}")
+            };
+            b.add(label, &[value.as_bytes()]);
+        }
+        b.add_opt("user", op.user.as_deref());
+        b.add_str("workdir", &op.cwd);
+        let network = match op.network {
+            NetworkMode::Default => self.req.network,
+            mode => mode,
+        };
+        b.add_str(
+            "network",
+            match network {
+                NetworkMode::Default => "default",
+                NetworkMode::None => "none",
+                NetworkMode::Host => "host",
+            },
+        );
+        b.add_str(
+            "security",
+            match op.security {
+                SecurityMode::Sandbox => "sandbox",
+                SecurityMode::Insecure => "insecure",
+            },
+        );
+        let hosts: Vec<String> = self
+            .req
+            .extra_hosts
+            .iter()
+            .map(|(h, ip)| format!("{h}:{ip}"))
+            .collect();
+        let hosts: Vec<&[u8]> = hosts.iter().map(|h| h.as_bytes()).collect();
+        b.add("extra hosts", &hosts);
+        for file in &op.files {
+            b.add(
+                format!("file {}", file.path),
+                &[&file.mode.to_le_bytes(), file.content.as_bytes()],
+            );
+        }
+        for mount in &op.mounts {
+            let name = format!("mount {}", mount_label(mount));
+            let ro: &[u8] = if mount.readonly { b"ro" } else { b"rw" };
+            let source = mount.source.as_deref().unwrap_or("/");
+            match &mount.kind {
+                ExecMountKind::Bind => {
+                    b.add(
+                        &name,
+                        &[b"bind", mount.target.as_bytes(), source.as_bytes(), ro],
+                    );
+                }
+                ExecMountKind::Cache {
+                    id,
+                    sharing,
+                    mode,
+                    uid,
+                    gid,
+                } => {
+                    let sharing: &[u8] = match sharing {
+                        CacheSharing::Shared => b"shared",
+                        CacheSharing::Private => b"private",
+                        CacheSharing::Locked => b"locked",
+                    };
+                    b.add(
+                        &name,
+                        &[
+                            b"cache",
+                            mount.target.as_bytes(),
+                            id.as_bytes(),
+                            sharing,
+                            opt_u32(*mode).as_bytes(),
+                            opt_u32(*uid).as_bytes(),
+                            opt_u32(*gid).as_bytes(),
+                            source.as_bytes(),
+                            ro,
+                        ],
+                    );
+                }
+                ExecMountKind::Tmpfs { size } => {
+                    let size = size.map(|s| s.to_string()).unwrap_or_default();
+                    b.add(&name, &[b"tmpfs", mount.target.as_bytes(), size.as_bytes()]);
+                }
+                ExecMountKind::Secret {
+                    id,
+                    required,
+                    env,
+                    mode,
+                    uid,
+                    gid,
+                } => {
+                    // The declaration only: the value must never reach a key.
+                    b.add(
+                        &name,
+                        &[
+                            b"secret",
+                            mount.target.as_bytes(),
+                            id.as_bytes(),
+                            &[u8::from(*required)],
+                            env.as_deref().unwrap_or("").as_bytes(),
+                            &mode.to_le_bytes(),
+                            &uid.to_le_bytes(),
+                            &gid.to_le_bytes(),
+                        ],
+                    );
+                }
+                ExecMountKind::Ssh {
+                    id,
+                    required,
+                    mode,
+                    uid,
+                    gid,
+                } => {
+                    b.add(
+                        &name,
+                        &[
+                            b"ssh",
+                            mount.target.as_bytes(),
+                            id.as_bytes(),
+                            &[u8::from(*required)],
+                            &mode.to_le_bytes(),
+                            &uid.to_le_bytes(),
+                            &gid.to_le_bytes(),
+                        ],
+                    );
+                }
+            }
+            // What the mount reads: a context subtree by content, a stage by
+            // its key.
+            if let Some(slot) = mount.input {
+                let Some(&input) = vertex.inputs.get(slot) else {
+                    return Ok(None);
+                };
+                if matches!(self.graph.vertex(input).op, Op::Context(_)) {
+                    if !is_main_context(self.graph, input) {
+                        return Ok(None);
+                    }
+                    let sum = self.context_sum(id, vec![source], &[])?;
+                    b.add_context(format!("{name} context files"), sum);
+                } else {
+                    let Some(key) = keys[input].as_ref() else {
+                        return Ok(None);
+                    };
+                    b.add_input(format!("{name} from"), input, key);
+                }
+            }
+        }
+        b.add_layer_format(self.req);
+        Ok(Some(b.finish()))
+    }
+
+    fn copy_key(
+        &mut self,
+        id: VertexId,
+        op: &CopyOp,
+        keys: &[Option<VertexKey>],
+    ) -> Result<Option<VertexKey>, KeyError> {
+        let vertex = self.graph.vertex(id);
+        let mut b = KeyBuilder::new(if op.add { "add" } else { "copy" });
+        let Some(parent) = input_key(vertex.inputs.first(), keys) else {
+            return Ok(None);
+        };
+        b.add_input("parent", vertex.inputs[0], parent);
+        b.add_str("destination", &op.dest);
+        b.add_opt("chown", op.chown.as_deref());
+        let chmod = op.chmod.as_ref().map(|c| match c {
+            Chmod::Octal(bits) => format!("octal {bits:o}"),
+            Chmod::Symbolic(s) => format!("symbolic {s}"),
+        });
+        b.add_opt("chmod", chmod.as_deref());
+        b.add("link", &[&[u8::from(op.link)]]);
+        b.add("parents", &[&[u8::from(op.parents)]]);
+        let exclude: Vec<&[u8]> = op.exclude.iter().map(|e| e.as_bytes()).collect();
+        b.add("exclude", &exclude);
+        b.add_opt("checksum", op.checksum.as_deref());
+        let unpack = op.unpack.map(|u| if u { "true" } else { "false" });
+        b.add_opt("unpack", unpack);
+        b.add("keep git dir", &[&[u8::from(op.keep_git_dir)]]);
+        let mut paths = Vec::new();
+        for source in &op.sources {
+            match source {
+                CopySource::Path { path, pivot } => {
+                    b.add(
+                        format!("source {path}"),
+                        &[path.as_bytes(), pivot.as_deref().unwrap_or("").as_bytes()],
+                    );
+                    paths.push(path.as_str());
+                }
+                CopySource::Url { url, filename } => {
+                    // Without a checksum the content is unknown until it is
+                    // downloaded: never cached.
+                    let Some(checksum) = &op.checksum else {
+                        return Ok(None);
+                    };
+                    b.add(
+                        format!("url {url}"),
+                        &[url.as_bytes(), filename.as_bytes(), checksum.as_bytes()],
+                    );
+                }
+                // Git sources are not supported by the op yet; never cached.
+                CopySource::Git { .. } => return Ok(None),
+                CopySource::Inline { name, content } => {
+                    b.add(
+                        format!("file {name}"),
+                        &[name.as_bytes(), content.as_bytes()],
+                    );
+                }
+            }
+        }
+        if !paths.is_empty() {
+            let Some(&from) = vertex.inputs.get(1) else {
+                return Ok(None);
+            };
+            if matches!(self.graph.vertex(from).op, Op::Context(_)) {
+                if !is_main_context(self.graph, from) {
+                    return Ok(None);
+                }
+                let sum = self.context_sum(id, paths, &op.exclude)?;
+                b.add_context("context files", sum);
+            } else {
+                let Some(key) = keys[from].as_ref() else {
+                    return Ok(None);
+                };
+                b.add_input("from", from, key);
+            }
+        }
+        b.add_layer_format(self.req);
+        Ok(Some(b.finish()))
+    }
+}
+
+fn mkdir_key(
+    graph: &BuildGraph,
+    id: VertexId,
+    op: &MkdirOp,
+    keys: &[Option<VertexKey>],
+    req: &BuildRequest,
+) -> Option<VertexKey> {
+    let vertex = graph.vertex(id);
+    let parent = input_key(vertex.inputs.first(), keys)?;
+    let mut b = KeyBuilder::new("mkdir");
+    b.add_input("parent", vertex.inputs[0], parent);
+    b.add_str("path", &op.path);
+    b.add("mode", &[&op.mode.to_le_bytes()]);
+    b.add_opt("user", op.user.as_deref());
+    b.add_layer_format(req);
+    Some(b.finish())
+}
+
+fn input_key<'k>(input: Option<&VertexId>, keys: &'k [Option<VertexKey>]) -> Option<&'k VertexKey> {
+    keys[*input?].as_ref()
+}
+
+/// Only the main build context is read by the ops today; a named context
+/// fails its step, so it needs no key.
+fn is_main_context(graph: &BuildGraph, id: VertexId) -> bool {
+    matches!(&graph.vertex(id).op, Op::Context(c) if c.name == "context")
+}
+
+fn mount_label(mount: &frontend::graph::ExecMount) -> String {
+    if mount.target.is_empty() {
+        match &mount.kind {
+            ExecMountKind::Secret { id, .. } => format!("secret {id}"),
+            _ => "(no target)".into(),
+        }
+    } else {
+        mount.target.clone()
+    }
+}
+
+fn opt_u32(v: Option<u32>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_are_length_prefixed() {
+        assert_ne!(hash_fields(&[b"ab", b"c"]), hash_fields(&[b"a", b"bc"]));
+        assert_ne!(hash_fields(&[b"", b"a"]), hash_fields(&[b"a"]));
+    }
+
+    #[test]
+    fn component_names_and_order_matter() {
+        let mut a = KeyBuilder::new("x");
+        a.add_str("one", "1");
+        a.add_str("two", "2");
+        let mut b = KeyBuilder::new("x");
+        b.add_str("two", "2");
+        b.add_str("one", "1");
+        let mut c = KeyBuilder::new("x");
+        c.add_str("one", "1");
+        c.add_str("tw", "o2");
+        let (a, b, c) = (a.finish(), b.finish(), c.finish());
+        assert_ne!(a.digest, b.digest);
+        assert_ne!(a.digest, c.digest);
+        let mut again = KeyBuilder::new("x");
+        again.add_str("one", "1");
+        again.add_str("two", "2");
+        assert_eq!(again.finish().digest, a.digest);
+    }
+}
+
+/// Stand-in for H2's `crate::context_hash` until it lands, with the agreed
+/// API: walks the selected subtrees (a wildcard selects its directory) and
+/// hashes names, modes, owners, link targets and contents. It reads every
+/// file every time and ignores `.dockerignore` (so it may miss more often
+/// than needed, never less).
+#[allow(unreachable_pub)]
+mod context_fallback {
+    use std::fs;
+    use std::os::unix::fs::MetadataExt;
+    use std::path::Path;
+
+    use cache::Digest;
+    use cache::store::Store;
+    use frontend::dockerignore::PatternMatcher;
+
+    use super::hash_fields;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read {path}")]
+    pub struct ContextHashError {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    }
+
+    pub struct ContextHasher {
+        dir: std::path::PathBuf,
+    }
+
+    pub struct Selection<'a> {
+        pub paths: Vec<&'a str>,
+        pub exclude: &'a [String],
+    }
+
+    pub struct ContextSum {
+        pub digest: Digest,
+        pub entries: Vec<(String, Digest)>,
+    }
+
+    impl ContextHasher {
+        pub fn new(
+            _store: &Store,
+            dir: &Path,
+            _ignore: Option<&PatternMatcher>,
+        ) -> Result<Self, ContextHashError> {
+            Ok(ContextHasher {
+                dir: dir.to_path_buf(),
+            })
+        }
+
+        pub fn checksum(&self, sel: &Selection<'_>) -> Result<ContextSum, ContextHashError> {
+            let mut entries = Vec::new();
+            for path in &sel.paths {
+                let rel = path.trim_start_matches('/');
+                let rel = match rel.find(['*', '?', '[']) {
+                    Some(i) => rel[..i].rsplit_once('/').map_or("", |(d, _)| d),
+                    None => rel,
+                };
+                let start = self.dir.join(rel);
+                if fs::symlink_metadata(&start).is_err() {
+                    entries.push((format!("{rel} (missing)"), Digest::of(b"missing")));
+                    continue;
+                }
+                self.walk(&start, rel, &mut entries)?;
+            }
+            entries.sort();
+            entries.dedup();
+            let mut fields: Vec<&[u8]> = Vec::new();
+            for (p, d) in &entries {
+                fields.push(p.as_bytes());
+                fields.push(d.as_bytes());
+            }
+            let excl: Vec<&[u8]> = sel.exclude.iter().map(|e| e.as_bytes()).collect();
+            fields.extend(excl);
+            Ok(ContextSum {
+                digest: hash_fields(&fields),
+                entries,
+            })
+        }
+
+        fn walk(
+            &self,
+            path: &Path,
+            rel: &str,
+            out: &mut Vec<(String, Digest)>,
+        ) -> Result<(), ContextHashError> {
+            let err = |source| ContextHashError {
+                path: path.display().to_string(),
+                source,
+            };
+            let meta = fs::symlink_metadata(path).map_err(err)?;
+            let head = format!("{:o} {} {}", meta.mode(), meta.uid(), meta.gid());
+            let content = if meta.is_file() {
+                fs::read(path).map_err(err)?
+            } else if meta.file_type().is_symlink() {
+                fs::read_link(path)
+                    .map_err(err)?
+                    .into_os_string()
+                    .into_encoded_bytes()
+            } else {
+                Vec::new()
+            };
+            out.push((rel.to_owned(), hash_fields(&[head.as_bytes(), &content])));
+            if meta.is_dir() {
+                for entry in fs::read_dir(path).map_err(err)? {
+                    let entry = entry.map_err(err)?;
+                    let name = entry.file_name();
+                    let name = name.to_string_lossy();
+                    let child = if rel.is_empty() {
+                        name.into_owned()
+                    } else {
+                        format!("{rel}/{name}")
+                    };
+                    self.walk(&entry.path(), &child, out)?;
+                }
+            }
+            Ok(())
+        }
+
+        pub fn save(&self) -> Result<(), ContextHashError> {
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,598 @@
+//! The scheduler: decides which vertices a build must run (walking from the
+//! target, a cache hit cuts off everything below it), runs every ready
+//! vertex at once on its own thread (RUN steps mostly wait, so the number
+//! of cores is no limit; `--jobs` is), runs identical vertices once, stores
+//! each result in the key index, and explains root-cause cache misses.
+//!
+//! Threads are scoped to the build; results travel back over a channel to
+//! the scheduling thread, which alone owns the bookkeeping. The first real
+//! failure cancels the shared [`CancelHandle`] (killing every running
+//! sandbox), the rest are waited for, and that first error is returned.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use cache::Digest;
+use cache::images::ImageStore;
+use cache::keys::{CacheRecord, KeyIndex, RecordLayer};
+use cache::layer::create::LayerDescriptor;
+use cache::snapshot::{LayerRef, Snapshots};
+use cache::store::{Store, StoreLock};
+use frontend::graph::{BuildGraph, Op, VertexId};
+use serde::{Deserialize, Serialize};
+
+use crate::cachekey::VertexKey;
+use crate::ops::{OpContext, State, operation};
+use crate::resolver::error_chain;
+use crate::rootfs::{ChainLayer, LayerChain};
+use crate::sandbox::{CancelHandle, Executor};
+use crate::solve::{BuildError, BuildRequest, BuildStats, Progress, ProgressEvent, StepError};
+
+/// Everything the scheduler and its jobs share.
+pub(crate) struct Env<'a> {
+    pub store: &'a Store,
+    pub snapshots: &'a Snapshots,
+    pub images: &'a ImageStore,
+    pub index: &'a KeyIndex,
+    pub executor: &'a dyn Executor,
+    pub request: &'a BuildRequest,
+    pub progress: &'a dyn Progress,
+    pub cancel: &'a CancelHandle,
+    pub graph: &'a BuildGraph,
+    pub sources: &'a [Option<Digest>],
+    pub keys: &'a [Option<VertexKey>],
+    /// The note name of each step (its identity across builds).
+    pub notes: &'a [Option<String>],
+    pub holds: &'a Mutex<Vec<StoreLock>>,
+}
+
+/// What the build does with a vertex.
+#[derive(Debug, Clone)]
+enum Plan {
+    /// Not needed: a hit below it, or not reachable from the target.
+    Skip,
+    /// Its result comes from the key index.
+    Hit(CacheRecord),
+    /// Its op runs.
+    Run,
+    /// Same key as the vertex named, which produces the result for both.
+    Alias(VertexId),
+}
+
+/// Ops whose results are stored in the key index (sources are the images
+/// themselves; scratch and the context are no work).
+fn is_cached_op(op: &Op) -> bool {
+    matches!(op, Op::Exec(_) | Op::Copy(_) | Op::Mkdir(_))
+}
+
+/// Runs what `target` needs; returns its result.
+pub(crate) fn run(
+    env: &Env<'_>,
+    target: VertexId,
+    stats: &mut BuildStats,
+) -> Result<Arc<State>, BuildError> {
+    let plan = make_plan(env, target, stats)?;
+    let graph = env.graph;
+    let n = graph.len();
+
+    // Who waits for whom: a running vertex for its inputs, an alias for
+    // the vertex that produces its result.
+    let mut waiting = vec![0usize; n];
+    let mut dependents: Vec<Vec<VertexId>> = vec![Vec::new(); n];
+    let mut ready = VecDeque::new();
+    for (id, p) in plan.iter().enumerate() {
+        match p {
+            Plan::Skip => continue,
+            Plan::Hit(_) => {}
+            Plan::Run => {
+                for &input in &graph.vertex(id).inputs {
+                    waiting[id] += 1;
+                    dependents[input].push(id);
+                }
+            }
+            Plan::Alias(leader) => {
+                waiting[id] += 1;
+                dependents[*leader].push(id);
+            }
+        }
+        if waiting[id] == 0 {
+            ready.push_back(id);
+        }
+    }
+    // Results are released once their last consumer has finished.
+    let mut uses: Vec<usize> = dependents.iter().map(Vec::len).collect();
+    let mut results: Vec<Option<Arc<State>>> = vec![None; n];
+    let cap = env.request.jobs.unwrap_or(usize::MAX).max(1);
+    let mut first_error: Option<BuildError> = None;
+    let mut panic = None;
+    let plan = &plan;
+
+    std::thread::scope(|s| {
+        let (tx, rx) = mpsc::channel::<(VertexId, JobOutcome)>();
+        let mut running = 0usize;
+        loop {
+            while first_error.is_none() && !env.cancel.is_cancelled() {
+                let Some(&id) = ready.front() else { break };
+                if let Plan::Alias(leader) = plan[id] {
+                    ready.pop_front();
+                    let state = results[leader].clone();
+                    if visible(graph, id) {
+                        env.progress.event(&ProgressEvent::StepCached {
+                            vertex: id,
+                            description: graph.vertex(id).description.clone(),
+                        });
+                    }
+                    stats.cached.push(id);
+                    finish(
+                        id,
+                        state,
+                        &[leader],
+                        &mut results,
+                        &mut uses,
+                        &mut waiting,
+                        &dependents,
+                        &mut ready,
+                        target,
+                    );
+                    continue;
+                }
+                if running >= cap {
+                    break;
+                }
+                ready.pop_front();
+                let job = match &plan[id] {
+                    Plan::Hit(record) => Job::Hit(record.clone()),
+                    _ => Job::Run(
+                        graph
+                            .vertex(id)
+                            .inputs
+                            .iter()
+                            .map(|&i| results[i].clone().expect("inputs finish first"))
+                            .collect(),
+                    ),
+                };
+                let tx = tx.clone();
+                running += 1;
+                s.spawn(move || {
+                    let outcome = match catch_unwind(AssertUnwindSafe(|| match job {
+                        Job::Hit(record) => materialize(env, id, &record),
+                        Job::Run(inputs) => run_vertex(env, plan, id, inputs),
+                    })) {
+                        Ok(result) => JobOutcome::Done(result),
+                        Err(payload) => JobOutcome::Panicked(payload),
+                    };
+                    // The receiver outlives every job thread.
+                    let _ = tx.send((id, outcome));
+                });
+            }
+            if running == 0 {
+                break;
+            }
+            let (id, outcome) = rx.recv().expect("job threads report before they end");
+            running -= 1;
+            match outcome {
+                JobOutcome::Done(Ok(state)) => {
+                    match &plan[id] {
+                        Plan::Hit(_) => {
+                            stats.hits += 1;
+                            stats.cached.push(id);
+                        }
+                        _ => {
+                            if !matches!(graph.vertex(id).op, Op::Scratch | Op::Context(_)) {
+                                stats.executed.push(id);
+                            }
+                        }
+                    }
+                    let inputs: &[VertexId] = match &plan[id] {
+                        Plan::Run => &graph.vertex(id).inputs,
+                        _ => &[],
+                    };
+                    finish(
+                        id,
+                        Some(Arc::new(state)),
+                        inputs,
+                        &mut results,
+                        &mut uses,
+                        &mut waiting,
+                        &dependents,
+                        &mut ready,
+                        target,
+                    );
+                }
+                JobOutcome::Done(Err(err)) => {
+                    if first_error.is_none() && !matches!(err, BuildError::Cancelled) {
+                        first_error = Some(err);
+                        env.cancel.cancel();
+                    }
+                }
+                JobOutcome::Panicked(payload) => {
+                    panic.get_or_insert(payload);
+                    env.cancel.cancel();
+                }
+            }
+        }
+    });
+    if let Some(payload) = panic {
+        resume_unwind(payload);
+    }
+    stats.executed.sort_unstable();
+    stats.cached.sort_unstable();
+    stats.executed_steps = stats
+        .executed
+        .iter()
+        .map(|&id| graph.vertex(id).description.clone())
+        .collect();
+    if let Some(err) = first_error {
+        return Err(err);
+    }
+    match results[target].take() {
+        Some(state) if !env.cancel.is_cancelled() => Ok(state),
+        _ => Err(BuildError::Cancelled),
+    }
+}
+
+enum Job {
+    Hit(CacheRecord),
+    Run(Vec<Arc<State>>),
+}
+
+enum JobOutcome {
+    Done(Result<State, BuildError>),
+    Panicked(Box<dyn std::any::Any + Send>),
+}
+
+/// Records `id`'s result, releases inputs nobody needs any more, and
+/// queues the vertices that were only waiting for it.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    id: VertexId,
+    state: Option<Arc<State>>,
+    inputs: &[VertexId],
+    results: &mut [Option<Arc<State>>],
+    uses: &mut [usize],
+    waiting: &mut [usize],
+    dependents: &[Vec<VertexId>],
+    ready: &mut VecDeque<VertexId>,
+    target: VertexId,
+) {
+    results[id] = state;
+    for &input in inputs {
+        uses[input] -= 1;
+        if uses[input] == 0 && input != target {
+            results[input] = None;
+        }
+    }
+    for &d in &dependents[id] {
+        waiting[d] -= 1;
+        if waiting[d] == 0 {
+            ready.push_back(d);
+        }
+    }
+}
+
+fn visible(graph: &BuildGraph, id: VertexId) -> bool {
+    !matches!(graph.vertex(id).op, Op::Scratch)
+}
+
+/// Walks from the target: a vertex whose key has a usable record is a hit
+/// and its inputs are not needed; a vertex with the key of one already
+/// planned becomes its alias; anything else runs and its inputs are needed.
+fn make_plan(
+    env: &Env<'_>,
+    target: VertexId,
+    stats: &mut BuildStats,
+) -> Result<Vec<Plan>, BuildError> {
+    let graph = env.graph;
+    let mut plan = vec![Plan::Skip; graph.len()];
+    let mut seen = vec![false; graph.len()];
+    let mut by_key: HashMap<Digest, VertexId> = HashMap::new();
+    // Inputs are visited in id order (lowest first), so that of identical
+    // vertices the earlier one leads.
+    let mut stack = vec![target];
+    while let Some(id) = stack.pop() {
+        if std::mem::replace(&mut seen[id], true) {
+            continue;
+        }
+        let vertex = graph.vertex(id);
+        if let Some(key) = &env.keys[id] {
+            if let Some(&leader) = by_key.get(&key.digest) {
+                plan[id] = Plan::Alias(leader);
+                continue;
+            }
+            by_key.insert(key.digest, id);
+            if is_cached_op(&vertex.op) && !env.request.no_cache {
+                stats.lookups += 1;
+                if let Some(record) = env.index.get(&key.digest)?
+                    && record.layers.iter().all(|l| env.store.has_blob(&l.digest))
+                {
+                    plan[id] = Plan::Hit(record);
+                    continue;
+                }
+            }
+        }
+        plan[id] = Plan::Run;
+        let mut inputs = vertex.inputs.clone();
+        inputs.sort_unstable_by(|a, b| b.cmp(a));
+        stack.extend(inputs);
+    }
+    // Identical keys mean identical inputs, so a leader never depends on
+    // its alias: the aliases cannot deadlock.
+    Ok(plan)
+}
+
+/// A hit: the recorded layers with their snapshots (unpacked again from
+/// the blobs if they were removed), held for the build.
+fn materialize(env: &Env<'_>, id: VertexId, record: &CacheRecord) -> Result<State, BuildError> {
+    let vertex = env.graph.vertex(id);
+    let step_error = |source| BuildError::Step {
+        vertex: id,
+        description: vertex.description.clone(),
+        position: vertex.position,
+        source: StepError::Snapshot {
+            reference: "a cached result".into(),
+            source,
+        },
+    };
+    let mut layers = Vec::with_capacity(record.layers.len());
+    for l in &record.layers {
+        if env.cancel.is_cancelled() {
+            return Err(BuildError::Cancelled);
+        }
+        let layer_ref = LayerRef {
+            digest: l.digest,
+            diff_id: l.diff_id,
+        };
+        let snapshot = env.snapshots.ensure(&layer_ref).map_err(step_error)?;
+        let hold = env.snapshots.hold(&l.diff_id).map_err(step_error)?;
+        env.holds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(hold);
+        layers.push(ChainLayer {
+            descriptor: LayerDescriptor {
+                media_type: l.media_type.clone(),
+                digest: l.digest,
+                size: l.size,
+                diff_id: l.diff_id,
+            },
+            snapshot,
+        });
+    }
+    env.progress.event(&ProgressEvent::StepCached {
+        vertex: id,
+        description: vertex.description.clone(),
+    });
+    Ok(State::Layers(LayerChain::from_layers(layers)))
+}
+
+/// Runs one vertex's op with progress, then stores its result and what
+/// its key was made of.
+fn run_vertex(
+    env: &Env<'_>,
+    plan: &[Plan],
+    id: VertexId,
+    inputs: Vec<Arc<State>>,
+) -> Result<State, BuildError> {
+    let vertex = env.graph.vertex(id);
+    let key = env.keys[id].as_ref().filter(|_| is_cached_op(&vertex.op));
+    if let (Some(key), Some(note)) = (key, &env.notes[id])
+        && !env.request.no_cache
+        && let Some(reason) = explain_miss(env, plan, id, key, note)
+    {
+        env.progress
+            .event(&ProgressEvent::CacheMiss { vertex: id, reason });
+    }
+    let cx = OpContext {
+        store: env.store,
+        snapshots: env.snapshots,
+        images: env.images,
+        executor: env.executor,
+        request: env.request,
+        progress: env.progress,
+        cancel: env.cancel,
+        vertex_id: id,
+        vertex,
+        source_digest: env.sources[id],
+        holds: env.holds,
+    };
+    let visible = visible(env.graph, id);
+    if visible {
+        env.progress.event(&ProgressEvent::StepStarted {
+            vertex: id,
+            description: vertex.description.clone(),
+        });
+    }
+    let started = Instant::now();
+    let refs: Vec<&State> = inputs.iter().map(|s| s.as_ref()).collect();
+    let outcome = operation(&vertex.op).run(&cx, &refs);
+    drop(refs);
+    drop(inputs);
+    let state = match outcome {
+        Ok(state) => state,
+        Err(err) => {
+            // A step killed by a cancellation reports the cancellation, not
+            // its own death.
+            let err = if env.cancel.is_cancelled() {
+                BuildError::Cancelled
+            } else {
+                err
+            };
+            if visible {
+                env.progress.event(&ProgressEvent::StepFailed {
+                    vertex: id,
+                    message: error_chain(&err),
+                });
+            }
+            return Err(err);
+        }
+    };
+    if let (Some(key), State::Layers(chain)) = (key, &state) {
+        let layers = chain
+            .layers()
+            .iter()
+            .map(|l| RecordLayer {
+                media_type: l.descriptor.media_type.clone(),
+                digest: l.descriptor.digest,
+                size: l.descriptor.size,
+                diff_id: l.descriptor.diff_id,
+            })
+            .collect();
+        env.index.put(
+            &key.digest,
+            &CacheRecord::new(layers, vertex.description.clone()),
+        )?;
+        if let Some(note) = &env.notes[id] {
+            // Notes only explain; a lost one costs an explanation.
+            let _ = env.index.put_note(note, &Note::of(key).to_bytes());
+        }
+    }
+    if visible {
+        env.progress.event(&ProgressEvent::StepDone {
+            vertex: id,
+            duration: started.elapsed(),
+        });
+    }
+    Ok(state)
+}
+
+/// What a step's key was made of the last time it ran (component names
+/// with value digests, and per-file checksums of its context sources).
+/// Holds digests only, never values.
+#[derive(Debug, Serialize, Deserialize)]
+struct Note {
+    version: u32,
+    components: Vec<(String, String)>,
+    #[serde(default)]
+    files: BTreeMap<String, Vec<(String, String)>>,
+}
+
+const NOTE_VERSION: u32 = 1;
+
+impl Note {
+    fn of(key: &VertexKey) -> Note {
+        Note {
+            version: NOTE_VERSION,
+            components: key
+                .components
+                .iter()
+                .map(|c| (c.name.clone(), c.value.hex()))
+                .collect(),
+            files: key
+                .files
+                .iter()
+                .map(|(name, entries)| {
+                    (
+                        name.clone(),
+                        entries.iter().map(|(p, d)| (p.clone(), d.hex())).collect(),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a note serializes")
+    }
+}
+
+/// Why `id` missed, compared with its step's note: the first component that
+/// changed, was added or removed. None when there is no note, nothing
+/// differs, or the difference is an input that missed itself (that input
+/// is the root cause and explains it).
+fn explain_miss(
+    env: &Env<'_>,
+    plan: &[Plan],
+    id: VertexId,
+    key: &VertexKey,
+    note: &str,
+) -> Option<String> {
+    let bytes = env.index.note(note)?;
+    let prev: Note = serde_json::from_slice(&bytes).ok()?;
+    if prev.version != NOTE_VERSION {
+        return None;
+    }
+    let vertex = env.graph.vertex(id);
+    let step = vertex
+        .description
+        .split_once("] ")
+        .map_or(vertex.description.as_str(), |(_, rest)| rest);
+    let what = changed_component(env, plan, key, &prev)?;
+    Some(format!("{step}: {what}"))
+}
+
+fn changed_component(env: &Env<'_>, plan: &[Plan], key: &VertexKey, prev: &Note) -> Option<String> {
+    let old: HashMap<&str, &str> = prev
+        .components
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    for c in &key.components {
+        match old.get(c.name.as_str()) {
+            None => return Some(format!("{} added", c.name)),
+            Some(&v) if v == c.value.hex() => continue,
+            Some(_) => {}
+        }
+        if let Some(input) = c.input {
+            if matches!(env.graph.vertex(input).op, Op::Source(_)) {
+                return Some(if c.name == "parent" {
+                    "base image changed".into()
+                } else {
+                    format!("image of {} changed", c.name)
+                });
+            }
+            // A vertex that ran explains itself; one that came from the
+            // cache, with another key than last time, does not.
+            if !input_ran(plan, input) {
+                return Some(format!("{} changed", c.name));
+            }
+            return None;
+        }
+        if let (Some(now), Some(before)) = (key.files.get(&c.name), prev.files.get(&c.name)) {
+            if let Some(file) = changed_file(now, before) {
+                return Some(file);
+            }
+        }
+        return Some(format!("{} changed", c.name));
+    }
+    let now: std::collections::HashSet<&str> =
+        key.components.iter().map(|c| c.name.as_str()).collect();
+    prev.components
+        .iter()
+        .find(|(n, _)| !now.contains(n.as_str()))
+        .map(|(n, _)| format!("{n} removed"))
+}
+
+/// Whether `input` runs in this build (itself or through the vertex it is
+/// an alias of), rather than coming from the cache.
+fn input_ran(plan: &[Plan], input: VertexId) -> bool {
+    match plan[input] {
+        Plan::Run => true,
+        Plan::Alias(leader) => matches!(plan[leader], Plan::Run),
+        Plan::Hit(_) | Plan::Skip => false,
+    }
+}
+
+/// The first path (in order) whose checksum differs between two sorted
+/// entry lists: `src/main.rs changed`, `… added` or `… removed`.
+fn changed_file(now: &[(String, Digest)], before: &[(String, String)]) -> Option<String> {
+    let (mut i, mut j) = (0, 0);
+    while i < now.len() || j < before.len() {
+        match (now.get(i), before.get(j)) {
+            (Some((p, d)), Some((q, e))) if p == q => {
+                if d.hex() != *e {
+                    return Some(format!("{p} changed"));
+                }
+                i += 1;
+                j += 1;
+            }
+            (Some((p, _)), Some((q, _))) if p < q => return Some(format!("{p} added")),
+            (Some((p, _)), None) => return Some(format!("{p} added")),
+            (_, Some((q, _))) => return Some(format!("{q} removed")),
+            (None, None) => break,
+        }
+    }
+    None
+}
