@@ -17,11 +17,6 @@ use crate::solve::{BuildError, LogStream, ProgressEvent, StepError, Tail};
 impl Operation for ExecOp {
     fn run(&self, cx: &OpContext<'_>, inputs: &[&State]) -> Result<State, BuildError> {
         let parent = cx.layers(inputs, 0)?;
-        if !self.mounts.is_empty() {
-            return Err(cx.step_error(StepError::Unsupported(
-                "RUN --mount is not supported yet".into(),
-            )));
-        }
         let network = network(self, cx).map_err(|e| cx.step_error(e))?;
         let privileged = self.security == SecurityMode::Insecure;
         if privileged && !cx.request.allow_security_insecure {
@@ -39,6 +34,10 @@ impl Operation for ExecOp {
         env.extend(self.proxy_env.iter().cloned());
         ensure_default_path(&mut env);
 
+        // Held until the step has ended: locks, views, throwaway directories.
+        let mounts = super::mounts::prepare(self, cx, inputs)?;
+        env.extend(mounts.env.iter().cloned());
+
         let workspace = Workspace::new(cx.store, parent).map_err(|e| cx.step_error(e))?;
         let mut spec = RunSpec::new(
             RootFs {
@@ -55,6 +54,7 @@ impl Operation for ExecOp {
         spec.network = network;
         spec.extra_hosts = cx.request.extra_hosts.clone();
         spec.privileged = privileged;
+        spec.mounts = mounts.mounts.clone();
         spec.files = self
             .files
             .iter()
@@ -81,6 +81,8 @@ impl Operation for ExecOp {
             .executor
             .run(&spec, StepIo::capture(&mut stdout, &mut stderr), cx.cancel);
         drop((stdout, stderr));
+        drop(spec);
+        drop(mounts);
         let outcome = match outcome {
             Ok(outcome) => outcome,
             Err(SandboxError::Cancelled) => return Err(BuildError::Cancelled),

@@ -9,6 +9,7 @@ pub mod copy;
 mod copy_step;
 mod exec;
 mod mkdir;
+mod mounts;
 mod source;
 
 use std::path::PathBuf;

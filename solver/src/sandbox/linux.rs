@@ -44,6 +44,7 @@ use super::caps::{CapSet, DOCKER_DEFAULT_CAPS};
 use super::env::{DEFAULT_PATH, command_candidates, env_get, validate, with_process_defaults};
 use super::mounts::{self, ETC_FILES, Op, PlanInput, Skeleton};
 use super::rootfs;
+use super::stubs::{self, PreparedMounts};
 use super::user::{self, ResolvedUser};
 use super::{
     CancelHandle, Executor, Input, NetworkMode, Output, RunOutcome, RunSpec, SandboxError, StepIo,
@@ -69,6 +70,8 @@ pub struct LinuxExecutor {
     mountpoint: PathBuf,
     /// Cached skeleton layers (see `mounts.rs`).
     skeletons: PathBuf,
+    /// Per-run stub layers for `RUN --mount` targets (see `stubs.rs`).
+    stubs: PathBuf,
     resolv_conf: Option<String>,
     cap_last: u8,
     durable: bool,
@@ -83,7 +86,8 @@ impl LinuxExecutor {
         let state_dir = state_dir.as_ref();
         let mountpoint = state_dir.join("mnt");
         let skeletons = state_dir.join("skeletons");
-        for dir in [&mountpoint, &skeletons] {
+        let stubs = state_dir.join("stubs");
+        for dir in [&mountpoint, &skeletons, &stubs] {
             fs::create_dir_all(dir).map_err(|source| SandboxError::State {
                 path: dir.clone(),
                 source,
@@ -98,6 +102,7 @@ impl LinuxExecutor {
         Ok(Self {
             mountpoint,
             skeletons,
+            stubs,
             resolv_conf: None,
             cap_last,
             durable: false,
@@ -165,11 +170,13 @@ impl Executor for LinuxExecutor {
                 path: self.skeletons.clone(),
                 source,
             })?;
-        let state = self.state_tmpfs(spec, skeleton.etc_files())?;
+        let prepared = stubs::prepare(spec, &self.stubs)?;
+        let state = self.state_tmpfs(spec, skeleton.etc_files(), &prepared)?;
         // Declared before the overlay so that it runs after the overlay fd,
         // the mount's last reference, has been dropped.
         let _volatile_mark = (!self.durable).then(|| VolatileMark(spec.rootfs.workdir.clone()));
-        let overlay = mount_overlay(&skel, &lowers_top_first, spec, self.durable)?;
+        let stub_layer = prepared.stubs.as_ref().map(|dir| dir.path());
+        let overlay = mount_overlay(stub_layer, &skel, &lowers_top_first, spec, self.durable)?;
         let user = resolve_user(overlay.as_fd(), spec)?;
         // Cleaned as docker cleans WORKDIR, so that `/a/../b` needs no `/a`.
         let cwd = format!("/{}", rootfs::clean_components(&spec.cwd).join("/"));
@@ -190,6 +197,7 @@ impl Executor for LinuxExecutor {
             cwd: &cwd,
             files: &spec.files,
             privileged: spec.privileged,
+            mounts: &prepared.mounts,
         })
         .map_err(|_| invalid("a path contains a nul byte"))?;
         let command = Command::new(spec, &user)?;
@@ -329,6 +337,14 @@ fn check_spec(spec: &RunSpec, io: &StepIo<'_>) -> Result<(), SandboxError> {
             )));
         }
     }
+    for mount in &spec.mounts {
+        if !mount.target.starts_with('/') || mount.target.contains('\0') {
+            return Err(invalid(format!(
+                "mount target {:?} is not an absolute path",
+                mount.target
+            )));
+        }
+    }
     if matches!(io.stdout, Output::SameAsStdout) {
         return Err(invalid("stdout cannot be the same as stdout"));
     }
@@ -341,10 +357,22 @@ impl LinuxExecutor {
     /// The per-run tmpfs: an empty `root` (where the child attaches the
     /// overlay) and, if the image can take them, the /etc files' contents.
     /// It is a detached mount, so it vanishes with the run, crash or not.
-    fn state_tmpfs(&self, spec: &RunSpec, etc_files: bool) -> Result<OwnedFd, SandboxError> {
+    fn state_tmpfs(
+        &self,
+        spec: &RunSpec,
+        etc_files: bool,
+        prepared: &PreparedMounts<'_>,
+    ) -> Result<OwnedFd, SandboxError> {
         let context = FsContext::open(c"tmpfs")?;
         context.set(c"mode", c"0755")?;
-        context.set(c"size", c"1m")?;
+        // Room for the /etc files and the step's secret files.
+        let files: usize = prepared.files.iter().map(|f| f.content.len()).sum();
+        let size = CString::new(format!(
+            "{}",
+            (1 << 20) + files + 4096 * prepared.files.len()
+        ))
+        .map_err(|_| invalid("tmpfs size"))?;
+        context.set(c"size", &size)?;
         let fd = context
             .mount(libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_NOEXEC)?;
         // Ordinary file calls reach a detached mount through its fd's
@@ -355,6 +383,7 @@ impl LinuxExecutor {
             source,
         };
         fs::create_dir(base.join("root")).map_err(error)?;
+        prepared.populate(&base).map_err(error)?;
         if etc_files {
             let mut hosts = format!(
                 "127.0.0.1\tlocalhost {}\n::1\tlocalhost ip6-localhost ip6-loopback\n",
@@ -482,6 +511,7 @@ impl Drop for VolatileMark {
 /// classic `lowerdir=a:b:c` option must fit in one page, which ~127 layers
 /// of snapshot paths exceed. The skeleton goes on top of the image layers.
 fn mount_overlay(
+    stubs: Option<&Path>,
     skel: &Path,
     lowers_top_first: &[PathBuf],
     spec: &RunSpec,
@@ -492,6 +522,9 @@ fn mount_overlay(
         CString::new(path.as_os_str().as_encoded_bytes())
             .map_err(|_| invalid(format!("path {} contains a nul byte", path.display())))
     };
+    if let Some(stubs) = stubs {
+        context.set(c"lowerdir+", &path(stubs)?)?;
+    }
     context.set(c"lowerdir+", &path(skel)?)?;
     for lower in lowers_top_first {
         context.set(c"lowerdir+", &path(lower)?)?;
@@ -1262,7 +1295,7 @@ fn run_op(child: &ChildContext<'_>, op: &Op) -> Result<(), i32> {
             // sysfs can be refused (e.g. for a network namespace this user
             // namespace does not own); the host's, read-only, will do.
             sys::mount(Some(host), target, None, libc::MS_BIND | libc::MS_REC, None)?;
-            sys::read_only_recursive(target)
+            sys::read_only(target, true)
         }
         Op::Bind { source, target } => sys::mount(Some(source), target, None, libc::MS_BIND, None),
         Op::ReadOnly { path } => {
@@ -1270,7 +1303,7 @@ fn run_op(child: &ChildContext<'_>, op: &Op) -> Result<(), i32> {
                 Err(libc::ENOENT) => return Ok(()),
                 other => other?,
             }
-            sys::read_only_recursive(path)
+            sys::read_only(path, true)
         }
         Op::Mask { path, dev_null } => match sys::is_dir(path) {
             Err(libc::ENOENT) => Ok(()),
@@ -1289,6 +1322,15 @@ fn run_op(child: &ChildContext<'_>, op: &Op) -> Result<(), i32> {
             sys::chdir(c"/")
         }
         Op::Chdir { path } => sys::chdir(path),
+        Op::EnsureDir { path } => match sys::mkdir(path, 0o755) {
+            Err(libc::EEXIST) => Ok(()),
+            other => other,
+        },
+        Op::EnsureFile { path } => match sys::write_file(path, 0o644, &[]) {
+            Err(libc::EEXIST) => Ok(()),
+            other => other,
+        },
+        Op::SetReadOnly { path } => sys::read_only(path, false),
     }
 }
 
@@ -1426,8 +1468,10 @@ mod sys {
         })
     }
 
-    /// Makes the mount at `path` and every mount below it read-only.
-    pub(super) fn read_only_recursive(path: &CStr) -> Result {
+    /// Makes the mount at `path`, and with `recursive` every mount below it,
+    /// read-only.
+    pub(super) fn read_only(path: &CStr, recursive: bool) -> Result {
+        let flags = if recursive { libc::AT_RECURSIVE } else { 0 };
         // SAFETY: mount_attr is plain data for which all-zero is valid.
         let mut attr: libc::mount_attr = unsafe { mem::zeroed() };
         attr.attr_set = libc::MOUNT_ATTR_RDONLY;
@@ -1438,7 +1482,7 @@ mod sys {
                 libc::SYS_mount_setattr,
                 libc::AT_FDCWD,
                 path.as_ptr(),
-                libc::AT_RECURSIVE as libc::c_uint,
+                flags as libc::c_uint,
                 ptr::addr_of_mut!(attr),
                 mem::size_of::<libc::mount_attr>(),
             )

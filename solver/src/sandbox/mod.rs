@@ -19,6 +19,7 @@ mod env;
 mod linux;
 mod mounts;
 mod rootfs;
+mod stubs;
 pub mod testsupport;
 mod user;
 
@@ -35,6 +36,7 @@ pub use caps::{CapSet, Capability, DOCKER_DEFAULT_CAPS};
 pub use env::{DEFAULT_PATH, ensure_default_path, env_get};
 pub use linux::{DetachedMount, LinuxExecutor, overlay_view};
 pub(crate) use rootfs::{ensure_dir as ensure_dir_in_root, read_file as read_file_in_root};
+pub(crate) use stubs::resolve as resolve_in_root;
 pub(crate) use user::records;
 pub use user::{
     IdOrName, InvalidUserSpec, ResolvedUser, UserError, UserSpec, resolve as resolve_user,
@@ -118,6 +120,110 @@ pub struct RunSpec {
     /// (a RUN heredoc script at `/dev/pipes/NAME`), so they never reach the
     /// layer.
     pub files: Vec<StepFile>,
+    /// `RUN --mount`s, mounted in this order after the step's own `/proc`,
+    /// `/dev`, `/sys` and `/etc` files. A target the image lacks is made
+    /// visible through a per-step stub layer, so it never reaches the
+    /// upperdir.
+    pub mounts: Vec<StepMount>,
+}
+
+/// One `RUN --mount` as the sandbox sees it: what to mount where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepMount {
+    /// Absolute path inside the root (relative targets are resolved by the
+    /// caller). Symlinks on the way resolve inside the root.
+    pub target: String,
+    pub source: MountSource,
+    /// Mounted read-only (the mount itself, not the ones below it).
+    pub readonly: bool,
+}
+
+/// Where a [`StepMount`] comes from.
+#[derive(Clone)]
+pub enum MountSource {
+    /// A host directory, file or socket, bound in (a cache mount, the build
+    /// context, an SSH agent socket).
+    Host(PathBuf),
+    /// A detached mount (a view of a stage, a throwaway overlay), bound in
+    /// from `subpath`: a path inside it with no symlink, `""` for its root.
+    Detached {
+        mount: Arc<DetachedMount>,
+        subpath: String,
+    },
+    /// A fresh tmpfs of at most `size` bytes (none: the kernel's default,
+    /// half the memory).
+    Tmpfs { size: Option<u64> },
+    /// A file that exists only on the step's private tmpfs, never on disk (a
+    /// secret).
+    File {
+        content: Vec<u8>,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
+}
+
+impl PartialEq for MountSource {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (MountSource::Host(a), MountSource::Host(b)) => a == b,
+            (
+                MountSource::Detached {
+                    mount: a,
+                    subpath: x,
+                },
+                MountSource::Detached {
+                    mount: b,
+                    subpath: y,
+                },
+            ) => Arc::ptr_eq(a, b) && x == y,
+            (MountSource::Tmpfs { size: a }, MountSource::Tmpfs { size: b }) => a == b,
+            (
+                MountSource::File {
+                    content: c1,
+                    mode: m1,
+                    uid: u1,
+                    gid: g1,
+                },
+                MountSource::File {
+                    content: c2,
+                    mode: m2,
+                    uid: u2,
+                    gid: g2,
+                },
+            ) => c1 == c2 && (m1, u1, g1) == (m2, u2, g2),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for MountSource {}
+
+/// Never shows a file's content: it may be a secret.
+impl std::fmt::Debug for MountSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MountSource::Host(path) => f.debug_tuple("Host").field(path).finish(),
+            MountSource::Detached { mount, subpath } => f
+                .debug_struct("Detached")
+                .field("mount", mount)
+                .field("subpath", subpath)
+                .finish(),
+            MountSource::Tmpfs { size } => f.debug_struct("Tmpfs").field("size", size).finish(),
+            MountSource::File {
+                content,
+                mode,
+                uid,
+                gid,
+            } => f
+                .debug_struct("File")
+                .field("content", &format_args!("<{} bytes>", content.len()))
+                .field("mode", &format_args!("{mode:o}"))
+                .field("uid", uid)
+                .field("gid", gid)
+                .finish(),
+        }
+    }
 }
 
 /// A file created for one step under `/dev`.
@@ -145,6 +251,7 @@ impl RunSpec {
             extra_hosts: Vec::new(),
             privileged: false,
             files: Vec::new(),
+            mounts: Vec::new(),
         }
     }
 }

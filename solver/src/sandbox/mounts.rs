@@ -283,6 +283,51 @@ pub(crate) enum Op {
     Chdir {
         path: CString,
     },
+    /// A directory that may already exist (a mountpoint inside another
+    /// mount).
+    EnsureDir {
+        path: CString,
+    },
+    /// An empty file that may already exist (a mountpoint for a file).
+    EnsureFile {
+        path: CString,
+    },
+    /// Makes the mount at `path` read-only, not the ones below it.
+    SetReadOnly {
+        path: CString,
+    },
+}
+
+/// A `RUN --mount` ready for the child.
+#[derive(Debug)]
+pub(crate) struct PlannedMount {
+    /// Absolute container path without symlinks.
+    pub(crate) target: String,
+    pub(crate) source: PlannedSource,
+    pub(crate) readonly: bool,
+    /// Mountpoints to create first, inside an earlier mount (container
+    /// paths, directory or not), when the target is below another target.
+    pub(crate) create: Vec<(String, bool)>,
+}
+
+#[derive(Debug)]
+pub(crate) enum PlannedSource {
+    /// Bound from a host path.
+    Host(PathBuf),
+    /// A detached mount attached at `M/<staging>`, then `subpath` inside it
+    /// bound on the target.
+    Staged {
+        fd: RawFd,
+        staging: String,
+        subpath: String,
+    },
+    Tmpfs {
+        size: Option<u64>,
+    },
+    /// A file on the per-run tmpfs at `M/<name>`.
+    StateFile {
+        name: String,
+    },
 }
 
 impl Op {
@@ -312,6 +357,9 @@ impl Op {
             Op::SetHostname { .. } => "set hostname".into(),
             Op::PivotRoot { .. } => "pivot_root".into(),
             Op::Chdir { path } => format!("change to working directory {}", show(path)),
+            Op::EnsureDir { path } => format!("create mountpoint {}", show(path)),
+            Op::EnsureFile { path } => format!("create mountpoint {}", show(path)),
+            Op::SetReadOnly { path } => format!("make mount {} read-only", show(path)),
         }
     }
 }
@@ -334,6 +382,8 @@ pub(crate) struct PlanInput<'a> {
     pub(crate) files: &'a [StepFile],
     /// Leaves docker's masked and read-only `/proc` paths alone.
     pub(crate) privileged: bool,
+    /// `RUN --mount`s, parents before the mounts inside them.
+    pub(crate) mounts: &'a [PlannedMount],
 }
 
 /// Where the overlay is attached in the child, for `mountpoint`.
@@ -465,6 +515,66 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<Op>, NulError> {
             });
         }
     }
+    for mount in input.mounts {
+        for (path, dir) in &mount.create {
+            let path = at(path)?;
+            ops.push(if *dir {
+                Op::EnsureDir { path }
+            } else {
+                Op::EnsureFile { path }
+            });
+        }
+        let target = at(&mount.target)?;
+        match &mount.source {
+            PlannedSource::Host(source) => ops.push(Op::Bind {
+                source: host_path(source)?,
+                target,
+            }),
+            PlannedSource::Staged {
+                fd,
+                staging,
+                subpath,
+            } => {
+                let staged = input.mountpoint.join(staging);
+                ops.push(Op::Attach {
+                    fd: *fd,
+                    target: host_path(&staged)?,
+                    what: "mount source",
+                });
+                let source = if subpath.is_empty() {
+                    staged
+                } else {
+                    staged.join(subpath)
+                };
+                ops.push(Op::Bind {
+                    source: host_path(&source)?,
+                    target,
+                });
+            }
+            PlannedSource::Tmpfs { size } => {
+                let mut data = "mode=1777".to_owned();
+                if let Some(size) = size {
+                    data.push_str(&format!(",size={size}"));
+                }
+                ops.push(Op::Mount {
+                    source: string("tmpfs")?,
+                    target,
+                    fstype: string("tmpfs")?,
+                    flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_STRICTATIME,
+                    data: Some(string(&data)?),
+                });
+            }
+            PlannedSource::StateFile { name } => ops.push(Op::Bind {
+                source: host_path(&input.mountpoint.join(name))?,
+                target,
+            }),
+        }
+    }
+    for mount in input.mounts.iter().filter(|m| m.readonly) {
+        ops.push(Op::SetReadOnly {
+            path: at(&mount.target)?,
+        });
+    }
     ops.push(Op::SetHostname {
         name: string(input.hostname)?,
     });
@@ -581,6 +691,7 @@ mod tests {
             cwd: "/",
             files: &[],
             privileged,
+            mounts: &[],
         };
         let count = |privileged| {
             plan(&input(privileged))
@@ -622,6 +733,7 @@ mod tests {
             cwd: "/",
             files: &files,
             privileged: false,
+            mounts: &[],
         };
         let ops = plan(&input).unwrap();
         let root = root_of(Path::new("/m"));
@@ -668,6 +780,7 @@ mod tests {
             cwd: "/work",
             files: &[],
             privileged: false,
+            mounts: &[],
         };
         let ops = plan(&input).unwrap();
         assert!(matches!(ops[0], Op::MakeRootPrivate));

@@ -1,0 +1,545 @@
+//! Sources of `RUN --mount`s: what each mount of an [`ExecOp`] shows the
+//! step, prepared before it runs and released when it has ended.
+//!
+//! - `type=cache`: a directory `ROOT/mounts/<sha256 of id>/` that outlives
+//!   the build, created on first use with the mount's mode and owner (and
+//!   seeded from `from=`/`source=`). `sharing=shared` holds the shared lock
+//!   `mount-<hex>` for the step, `locked` the exclusive one (steps using it
+//!   run one after the other, also across builds), `private` the exclusive
+//!   one if it is free and otherwise a fresh directory thrown away after
+//!   the step. Its contents never enter a layer or a cache key.
+//! - `type=bind`: a path of the build context (a filtered copy when
+//!   `.dockerignore` excludes something below it) or of a stage, resolved
+//!   inside it; read-only unless `rw`, whose writes go to a throwaway
+//!   overlay upper.
+//! - `type=tmpfs`: a fresh tmpfs.
+//! - `type=secret`: the value of `--secret id=ID` read now, as a file on
+//!   the step's private tmpfs and/or an environment variable. It is never
+//!   written to disk, logged or put in an error message.
+//! - `type=ssh`: the agent socket of `--ssh ID` bound in, `SSH_AUTH_SOCK`
+//!   pointing at the first one.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cache::Digest;
+use cache::store::StoreLock;
+use frontend::dockerignore::PatternMatcher;
+use frontend::graph::{CacheSharing, ExecMount, ExecMountKind, ExecOp};
+
+use super::{OpContext, State};
+use crate::rootfs::LayerChain;
+use crate::sandbox::{MountSource, StepMount, overlay_view, resolve_in_root};
+use crate::solve::{BuildError, SecretSource, StepError};
+
+/// The mounts of one step and everything that must live while it runs.
+#[derive(Default)]
+pub(super) struct StepMounts {
+    pub(super) mounts: Vec<StepMount>,
+    /// Secret variables and `SSH_AUTH_SOCK`, appended to the step's env.
+    pub(super) env: Vec<String>,
+    _locks: Vec<StoreLock>,
+    _temps: Vec<tempfile::TempDir>,
+}
+
+/// Prepares the mounts of `op`; `inputs` are the step's inputs in slot
+/// order.
+pub(super) fn prepare(
+    op: &ExecOp,
+    cx: &OpContext<'_>,
+    inputs: &[&State],
+) -> Result<StepMounts, BuildError> {
+    let mut out = StepMounts::default();
+    let mut ssh_sock = None;
+    for mount in &op.mounts {
+        prepare_one(mount, cx, inputs, &mut out, &mut ssh_sock).map_err(|e| cx.step_error(e))?;
+    }
+    if let Some(sock) = ssh_sock {
+        out.env.push(format!("SSH_AUTH_SOCK={sock}"));
+    }
+    Ok(out)
+}
+
+fn io_error(action: &'static str, what: impl Into<String>) -> impl FnOnce(io::Error) -> StepError {
+    let what = what.into();
+    move |source| StepError::Io {
+        action,
+        what,
+        source,
+    }
+}
+
+fn prepare_one(
+    mount: &ExecMount,
+    cx: &OpContext<'_>,
+    inputs: &[&State],
+    out: &mut StepMounts,
+    ssh_sock: &mut Option<String>,
+) -> Result<(), StepError> {
+    let target = mount.target.clone();
+    match &mount.kind {
+        ExecMountKind::Bind => {
+            let slot = mount.input.ok_or_else(|| {
+                StepError::Invalid(format!("bind mount on {target} has no source"))
+            })?;
+            let state = inputs
+                .get(slot)
+                .ok_or_else(|| StepError::Invalid(format!("input {slot} is missing")))?;
+            let source = mount.source.as_deref().unwrap_or("/");
+            let (source, readonly) = bind_source(cx, state, source, !mount.readonly, out)?;
+            out.mounts.push(StepMount {
+                target,
+                source,
+                readonly,
+            });
+        }
+        ExecMountKind::Cache {
+            id,
+            sharing,
+            mode,
+            uid,
+            gid,
+        } => {
+            let seed = match mount.input {
+                Some(slot) => Some((
+                    *inputs
+                        .get(slot)
+                        .ok_or_else(|| StepError::Invalid(format!("input {slot} is missing")))?,
+                    mount.source.as_deref().unwrap_or("/"),
+                )),
+                None => None,
+            };
+            let attrs = (mode.unwrap_or(0o755), uid.unwrap_or(0), gid.unwrap_or(0));
+            let dir = cache_dir(cx, id, *sharing, attrs, seed, out)?;
+            out.mounts.push(StepMount {
+                target,
+                source: MountSource::Host(dir),
+                readonly: mount.readonly,
+            });
+        }
+        ExecMountKind::Tmpfs { size } => out.mounts.push(StepMount {
+            target,
+            source: MountSource::Tmpfs { size: *size },
+            readonly: mount.readonly,
+        }),
+        ExecMountKind::Secret {
+            id,
+            required,
+            env,
+            mode,
+            uid,
+            gid,
+        } => {
+            let Some(value) = read_secret(cx, id, *required)? else {
+                return Ok(());
+            };
+            if let Some(name) = env {
+                let text = String::from_utf8(value.clone())
+                    .ok()
+                    .filter(|t| !t.contains('\0'))
+                    .ok_or_else(|| {
+                        StepError::Invalid(format!(
+                            "secret {id:?} cannot be the environment variable {name}: \
+                             it is not text without NUL bytes"
+                        ))
+                    })?;
+                out.env.push(format!("{name}={text}"));
+            }
+            if !target.is_empty() {
+                out.mounts.push(StepMount {
+                    target,
+                    source: MountSource::File {
+                        content: value,
+                        mode: *mode,
+                        uid: *uid,
+                        gid: *gid,
+                    },
+                    readonly: true,
+                });
+            }
+        }
+        ExecMountKind::Ssh { id, required, .. } => {
+            let Some(spec) = cx.request.ssh.iter().find(|s| &s.id == id) else {
+                if *required {
+                    return Err(StepError::Invalid(format!(
+                        "SSH agent {id:?} is required but was not given: pass it with --ssh {id}[=SOCKET]"
+                    )));
+                }
+                return Ok(());
+            };
+            if ssh_sock.is_none() {
+                *ssh_sock = Some(target.clone());
+            }
+            out.mounts.push(StepMount {
+                target,
+                source: MountSource::Host(spec.socket.clone()),
+                readonly: false,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The value of secret `id`, read now; `None` when it is missing and not
+/// required. Errors name the secret and where it should come from, never
+/// its value.
+fn read_secret(cx: &OpContext<'_>, id: &str, required: bool) -> Result<Option<Vec<u8>>, StepError> {
+    let missing = |why: String| {
+        if required {
+            Err(StepError::Invalid(why))
+        } else {
+            Ok(None)
+        }
+    };
+    let Some(spec) = cx.request.secrets.iter().find(|s| s.id == id) else {
+        return missing(format!(
+            "secret {id:?} is required but was not given: pass it with --secret id={id},src=PATH \
+             (or env=VARIABLE)"
+        ));
+    };
+    match &spec.source {
+        SecretSource::File(path) => match fs::read(path) {
+            Ok(value) => Ok(Some(value)),
+            Err(source) => Err(StepError::Io {
+                action: "read",
+                what: format!("secret {id:?} from {}", path.display()),
+                source,
+            }),
+        },
+        SecretSource::Env(var) => match std::env::var_os(var) {
+            Some(value) => Ok(Some(std::os::unix::ffi::OsStringExt::into_vec(value))),
+            None => missing(format!(
+                "secret {id:?} is required but the environment variable {var} is not set"
+            )),
+        },
+    }
+}
+
+/// A bind mount's source `path` inside `state`, resolved there; `rw` makes
+/// a writable view whose writes are thrown away. Returns the source and
+/// whether the mount is read-only.
+fn bind_source(
+    cx: &OpContext<'_>,
+    state: &State,
+    path: &str,
+    rw: bool,
+    out: &mut StepMounts,
+) -> Result<(MountSource, bool), StepError> {
+    match state {
+        State::Context { dir, name } => {
+            let (host, rel, is_dir) = resolve_host(dir, path, &format!("build context {name:?}"))?;
+            let host = match &cx.request.ignore {
+                Some(ignore) if name == "context" => {
+                    if ignore.matches(&rel) {
+                        return Err(StepError::Invalid(format!(
+                            "bind source {path} is excluded by .dockerignore"
+                        )));
+                    }
+                    if is_dir
+                        && any_excluded(ignore, &host, &rel)
+                            .map_err(io_error("read", rel.clone()))?
+                    {
+                        let temp = cx.store.temp_dir("bind-").map_err(store)?;
+                        let copy = temp.path().join("tree");
+                        copy_tree(&host, &copy, Some((ignore, &rel)), true)
+                            .map_err(io_error("copy", format!("{path} of the build context")))?;
+                        out._temps.push(temp);
+                        copy
+                    } else {
+                        host
+                    }
+                }
+                _ => host,
+            };
+            if !rw {
+                return Ok((MountSource::Host(host), true));
+            }
+            let temp = cx.store.temp_dir("bind-rw-").map_err(store)?;
+            let source = if is_dir {
+                let (upper, work) = (temp.path().join("upper"), temp.path().join("work"));
+                for d in [&upper, &work] {
+                    fs::create_dir(d).map_err(io_error("create", d.display().to_string()))?;
+                }
+                let view =
+                    overlay_view(&[host], Some((&upper, &work))).map_err(StepError::Sandbox)?;
+                MountSource::Detached {
+                    mount: Arc::new(view),
+                    subpath: String::new(),
+                }
+            } else {
+                let copy = temp.path().join("file");
+                fs::copy(&host, &copy).map_err(io_error("copy", path.to_owned()))?;
+                MountSource::Host(copy)
+            };
+            out._temps.push(temp);
+            Ok((source, false))
+        }
+        State::Layers(chain) => {
+            if rw {
+                let temp = cx.store.temp_dir("bind-rw-").map_err(store)?;
+                let (upper, work) = (temp.path().join("upper"), temp.path().join("work"));
+                for d in [&upper, &work] {
+                    fs::create_dir(d).map_err(io_error("create", d.display().to_string()))?;
+                }
+                let source = if chain.is_empty() {
+                    if path.trim_matches('/') != "" {
+                        return Err(not_found(path, "the stage"));
+                    }
+                    MountSource::Host(upper)
+                } else {
+                    let view = overlay_view(&chain.lowerdirs(), Some((&upper, &work)))
+                        .map_err(StepError::Sandbox)?;
+                    let subpath = resolve_view(view.path().as_path(), path)?;
+                    MountSource::Detached {
+                        mount: Arc::new(view),
+                        subpath,
+                    }
+                };
+                out._temps.push(temp);
+                return Ok((source, false));
+            }
+            let source = stage_source(cx, chain, path, out)?;
+            Ok((source, true))
+        }
+    }
+}
+
+/// A read-only source for `path` inside `chain`.
+fn stage_source(
+    cx: &OpContext<'_>,
+    chain: &LayerChain,
+    path: &str,
+    out: &mut StepMounts,
+) -> Result<MountSource, StepError> {
+    if chain.is_empty() {
+        if path.trim_matches('/') != "" {
+            return Err(not_found(path, "the stage"));
+        }
+        let temp = cx.store.temp_dir("bind-empty-").map_err(store)?;
+        let empty = temp.path().join("empty");
+        fs::create_dir(&empty)
+            .and_then(|()| fs::set_permissions(&empty, fs::Permissions::from_mode(0o755)))
+            .map_err(io_error("create", empty.display().to_string()))?;
+        out._temps.push(temp);
+        return Ok(MountSource::Host(empty));
+    }
+    let mount = overlay_view(&chain.lowerdirs(), None).map_err(StepError::Sandbox)?;
+    let subpath = resolve_view(&mount.path(), path)?;
+    Ok(MountSource::Detached {
+        mount: Arc::new(mount),
+        subpath,
+    })
+}
+
+fn store(err: cache::store::StoreError) -> StepError {
+    StepError::Layer(crate::rootfs::LayerError::Store(err))
+}
+
+fn not_found(path: &str, what: &str) -> StepError {
+    StepError::Invalid(format!("mount source {path} not found in {what}"))
+}
+
+/// `path` resolved inside the tree at `root`, as a relative path without
+/// links; it must exist.
+fn resolve_view(root: &Path, path: &str) -> Result<String, StepError> {
+    let dir = fs::File::open(root).map_err(io_error("open", "mount source"))?;
+    let resolved = resolve_in_root(std::os::fd::AsFd::as_fd(&dir), path)
+        .map_err(|e| StepError::Invalid(format!("mount source {path}: {e}")))?;
+    if !resolved.exists() {
+        return Err(not_found(path, "the stage"));
+    }
+    Ok(resolved.components.join("/"))
+}
+
+/// `path` inside the host directory `dir`: its host path, its path
+/// relative to `dir` and whether it is a directory.
+fn resolve_host(dir: &Path, path: &str, what: &str) -> Result<(PathBuf, String, bool), StepError> {
+    let root = fs::File::open(dir).map_err(io_error("open", what.to_owned()))?;
+    let resolved = resolve_in_root(std::os::fd::AsFd::as_fd(&root), path)
+        .map_err(|e| StepError::Invalid(format!("mount source {path}: {e}")))?;
+    let Some(is_dir) = resolved.target else {
+        return Err(not_found(path, what));
+    };
+    let rel = resolved.components.join("/");
+    Ok((dir.join(&rel), rel, is_dir))
+}
+
+/// Whether `.dockerignore` excludes anything below `dir` (at `rel` in the
+/// context).
+fn any_excluded(ignore: &PatternMatcher, dir: &Path, rel: &str) -> io::Result<bool> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let child = join_rel(rel, &name.to_string_lossy());
+        if ignore.matches(&child) {
+            return Ok(true);
+        }
+        if entry.file_type()?.is_dir() && any_excluded(ignore, &entry.path(), &child)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn join_rel(rel: &str, name: &str) -> String {
+    if rel.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{rel}/{name}")
+    }
+}
+
+/// Copies the tree `src` to `dst` (which must not exist) with modes and
+/// owners, leaving out what `filter` excludes (`rel` is `src`'s path in the
+/// context). With `link`, files are hard links where the filesystem allows.
+fn copy_tree(
+    src: &Path,
+    dst: &Path,
+    filter: Option<(&PatternMatcher, &str)>,
+    link: bool,
+) -> io::Result<()> {
+    let meta = fs::symlink_metadata(src)?;
+    fs::create_dir(dst)?;
+    copy_tree_into(src, dst, filter, link)?;
+    std::os::unix::fs::lchown(dst, Some(meta.uid()), Some(meta.gid()))?;
+    fs::set_permissions(dst, fs::Permissions::from_mode(meta.mode() & 0o7777))
+}
+
+fn copy_tree_into(
+    src: &Path,
+    dst: &Path,
+    filter: Option<(&PatternMatcher, &str)>,
+    link: bool,
+) -> io::Result<()> {
+    for entry in fs::read_dir(src)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let rel = filter.map(|(_, rel)| join_rel(rel, &name.to_string_lossy()));
+        let (from, to) = (entry.path(), dst.join(&name));
+        let meta = fs::symlink_metadata(&from)?;
+        let excluded = match (filter, &rel) {
+            (Some((ignore, _)), Some(rel)) => ignore.matches(rel),
+            _ => false,
+        };
+        if meta.is_dir() {
+            if excluded
+                && !filter
+                    .is_some_and(|(i, _)| i.dir_may_contain_included(rel.as_deref().unwrap_or("")))
+            {
+                continue;
+            }
+            fs::create_dir(&to)?;
+            let sub = match (filter, &rel) {
+                (Some((ignore, _)), Some(rel)) => Some((ignore, rel.as_str())),
+                _ => None,
+            };
+            copy_tree_into(&from, &to, sub, link)?;
+            std::os::unix::fs::lchown(&to, Some(meta.uid()), Some(meta.gid()))?;
+            fs::set_permissions(&to, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+            continue;
+        }
+        if excluded {
+            continue;
+        }
+        if meta.file_type().is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(&from)?, &to)?;
+            std::os::unix::fs::lchown(&to, Some(meta.uid()), Some(meta.gid()))?;
+        } else if meta.is_file() {
+            if !(link && fs::hard_link(&from, &to).is_ok()) {
+                fs::copy(&from, &to)?;
+                std::os::unix::fs::lchown(&to, Some(meta.uid()), Some(meta.gid()))?;
+                fs::set_permissions(&to, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+            }
+        }
+        // Devices, fifos and sockets are left out.
+    }
+    Ok(())
+}
+
+/// The cache mount directory for `id`, created (and seeded) on first use,
+/// with the lock its sharing mode asks for held in `out`.
+fn cache_dir(
+    cx: &OpContext<'_>,
+    id: &str,
+    sharing: CacheSharing,
+    (mode, uid, gid): (u32, u32, u32),
+    seed: Option<(&State, &str)>,
+    out: &mut StepMounts,
+) -> Result<PathBuf, StepError> {
+    let hex = Digest::of(id.as_bytes()).hex();
+    let lock_name = format!("mount-{hex}");
+    let mounts = cx.store.root().join("mounts");
+    fs::create_dir_all(&mounts).map_err(io_error("create", mounts.display().to_string()))?;
+    let dir = mounts.join(&hex);
+    let lock = match sharing {
+        CacheSharing::Shared => cx.store.lock_shared(&lock_name).map_err(store)?,
+        CacheSharing::Locked => cx.store.lock_exclusive(&lock_name).map_err(store)?,
+        CacheSharing::Private => match cx.store.try_lock_exclusive(&lock_name).map_err(store)? {
+            Some(lock) => lock,
+            None => {
+                // In use: this step gets a directory of its own, thrown away
+                // afterwards.
+                let temp = cx.store.temp_dir("cache-private-").map_err(store)?;
+                let fresh = temp.path().join("dir");
+                new_cache_dir(cx, &fresh, (mode, uid, gid), seed, out)?;
+                out._temps.push(temp);
+                return Ok(fresh);
+            }
+        },
+    };
+    out._locks.push(lock);
+    if !dir.is_dir() {
+        let temp = cx.store.temp_dir("cache-new-").map_err(store)?;
+        let fresh = temp.path().join("dir");
+        new_cache_dir(cx, &fresh, (mode, uid, gid), seed, out)?;
+        // Another step may have created it meanwhile; its directory wins.
+        if let Err(err) = fs::rename(&fresh, &dir) {
+            if !dir.is_dir() {
+                return Err(io_error("create", format!("cache mount {}", dir.display()))(err));
+            }
+        }
+    }
+    Ok(dir)
+}
+
+fn new_cache_dir(
+    cx: &OpContext<'_>,
+    dir: &Path,
+    (mode, uid, gid): (u32, u32, u32),
+    seed: Option<(&State, &str)>,
+    out: &mut StepMounts,
+) -> Result<(), StepError> {
+    let error = || io_error("create", format!("cache mount {}", dir.display()));
+    match seed {
+        Some((state, path)) => {
+            let source = match bind_source(cx, state, path, false, out)? {
+                (MountSource::Host(host), _) => host,
+                (MountSource::Detached { mount, subpath }, _) => {
+                    let host = mount.path().join(&subpath);
+                    copy_tree(&host, dir, None, false).map_err(error())?;
+                    drop(mount);
+                    set_attrs(dir, mode, uid, gid).map_err(error())?;
+                    return Ok(());
+                }
+                _ => unreachable!("bind sources are host paths or views"),
+            };
+            if source.is_dir() {
+                copy_tree(&source, dir, None, false).map_err(error())?;
+            } else {
+                return Err(StepError::Invalid(format!(
+                    "cache mount source {path} is not a directory"
+                )));
+            }
+        }
+        None => fs::create_dir(dir).map_err(error())?,
+    }
+    set_attrs(dir, mode, uid, gid).map_err(error())
+}
+
+fn set_attrs(dir: &Path, mode: u32, uid: u32, gid: u32) -> io::Result<()> {
+    std::os::unix::fs::lchown(dir, Some(uid), Some(gid))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(mode & 0o7777))
+}
