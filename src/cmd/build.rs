@@ -34,16 +34,38 @@ use super::progress::{Mode, Renderer};
 /// `--progress` values.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) enum ProgressArg {
-    /// `plain` for now (the interactive display comes later).
+    /// `tty` when stderr is a terminal, else `plain`.
     #[default]
     Auto,
+    /// Numbered step lines with output and durations, for CI logs.
     Plain,
-    /// `plain` for now (the interactive display comes later).
+    /// A line per running step that updates in place.
     Tty,
     /// Nothing but errors.
     Quiet,
     /// One JSON object per event and line.
     Json,
+}
+
+impl ProgressArg {
+    /// The display for this choice; `-q` means quiet whatever was chosen.
+    fn mode(self, quiet: bool) -> Mode {
+        match self {
+            _ if quiet => Mode::Quiet,
+            ProgressArg::Quiet => Mode::Quiet,
+            ProgressArg::Json => Mode::Json,
+            ProgressArg::Plain => Mode::Plain,
+            ProgressArg::Tty => Mode::Tty,
+            ProgressArg::Auto => {
+                let dumb = std::env::var_os("TERM").is_some_and(|t| t == "dumb");
+                if io::stderr().is_terminal() && !dumb {
+                    Mode::Tty
+                } else {
+                    Mode::Plain
+                }
+            }
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -122,11 +144,7 @@ pub(crate) fn run(root: &Path, args: BuildArgs) -> anyhow::Result<ExitCode> {
     // Before any thread exists, so that only the signal thread sees them.
     let signals = Signals::install().context("cannot set up signal handling")?;
     let outputs = parse_outputs(&args)?;
-    let mode = match (args.quiet, args.progress) {
-        (true, _) | (_, ProgressArg::Quiet) => Mode::Quiet,
-        (_, ProgressArg::Json) => Mode::Json,
-        _ => Mode::Plain,
-    };
+    let mode = args.progress.mode(args.quiet);
     let (shown, dockerfile) = read_dockerfile(&args)?;
     let request = request(&args, &shown, dockerfile)?;
 
@@ -135,9 +153,12 @@ pub(crate) fn run(root: &Path, args: BuildArgs) -> anyhow::Result<ExitCode> {
     let built = solver::build(images.store(), &request, &progress, &signals.cancel);
     let result = match built {
         Ok(result) if !signals.cancel.is_cancelled() => result,
-        Ok(_) => return Ok(cancelled(&signals)),
-        Err(BuildError::Cancelled) => return Ok(cancelled(&signals)),
+        Ok(_) | Err(BuildError::Cancelled) => {
+            progress.summary(false);
+            return Ok(cancelled(&signals));
+        }
         Err(err) => {
+            progress.summary(false);
             eprint!("{}", err.render(&shown, &request.dockerfile));
             return Ok(ExitCode::from(1));
         }
@@ -145,8 +166,12 @@ pub(crate) fn run(root: &Path, args: BuildArgs) -> anyhow::Result<ExitCode> {
     // From here on a signal ends builder at once: every output below is
     // written atomically, so an interrupted export leaves nothing half-done.
     signals.exit_on_signal.store(true, Ordering::SeqCst);
-    finish(&images, &args, &outputs, &progress, &result)?;
+    if let Err(err) = finish(&images, &args, &outputs, &progress, &result) {
+        progress.summary(false);
+        return Err(err);
+    }
     print_warnings(&progress, &shown, &result);
+    progress.summary(true);
     if args.quiet && !outputs.stdout_taken {
         println!("{}", result.config_digest);
     }
@@ -272,19 +297,14 @@ fn write_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The build's warnings, once, after its steps (none when quiet).
 fn print_warnings(progress: &Renderer, shown: &str, result: &BuildResult) {
-    if result.warnings.is_empty() || progress.mode() == Mode::Quiet {
-        return;
-    }
     for w in &result.warnings {
         let line = match w.position {
             Some(p) => format!("{shown}:{}:{}: warning: {}", p.line, p.column, w.message),
             None => format!("warning: {}", w.message),
         };
-        match progress.mode() {
-            Mode::Json => progress.note(&line),
-            _ => eprintln!("{line}"),
-        }
+        progress.warning(&line);
     }
 }
 

@@ -1,0 +1,667 @@
+//! `--progress=tty`: what a person at a terminal sees. Each running step
+//! has a line that updates in place (spinner, name, its latest output line,
+//! elapsed time); a finished step becomes a permanent line with its
+//! duration, `CACHED` for a cache hit, `ERROR` and its last output lines
+//! for a failure, and its cache-miss reason under it. A summary ends it.
+//!
+//! Drawing is indicatif's `MultiProgress`, on a [`Screen`]: the terminal
+//! on stderr (buffered, so that a redraw reaches it in one write and does
+//! not flicker), or an in-memory terminal for tests. Everything is cut to
+//! the screen's width so that no line wraps and breaks the redraw.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt::{self, Write as _};
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use console::{Style, Term, measure_text_width, truncate_str};
+use indicatif::TermLike;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
+
+use super::{Display, Stamp, Step, Summary, What, seconds, summary_text};
+
+/// How many output lines of a failed step are shown.
+const FAILED_LINES: usize = 10;
+/// Redraws a second at most.
+const REFRESH_HZ: u8 = 10;
+/// The spinner's tick.
+const TICK: Duration = Duration::from_millis(100);
+/// The room kept for a step's time at the end of its line (`10m05.3s`).
+const TIME_WIDTH: usize = 8;
+
+/// Where the tty display draws.
+#[derive(Debug, Clone)]
+pub(crate) struct Screen {
+    inner: Arc<ScreenKind>,
+}
+
+#[derive(Debug)]
+enum ScreenKind {
+    Stderr(Term),
+    Memory(Mutex<Emulator>),
+}
+
+impl Screen {
+    /// The terminal on stderr (drawn on even when stderr is not one, as
+    /// `--progress=tty` asks).
+    pub(crate) fn stderr() -> Screen {
+        Screen {
+            inner: Arc::new(ScreenKind::Stderr(Term::buffered_stderr())),
+        }
+    }
+
+    /// A terminal in memory, `width` columns wide, for tests.
+    #[cfg(test)]
+    pub(crate) fn memory(width: u16) -> Screen {
+        Screen {
+            inner: Arc::new(ScreenKind::Memory(Mutex::new(Emulator {
+                width,
+                ..Emulator::default()
+            }))),
+        }
+    }
+
+    /// The lines a terminal would show now (without colors), and the
+    /// texts written that were wider than the screen (and so wrapped).
+    #[cfg(test)]
+    pub(crate) fn contents(&self) -> (Vec<String>, Vec<String>) {
+        match &*self.inner {
+            ScreenKind::Memory(e) => {
+                let e = e.lock().unwrap();
+                (e.screen(), e.too_wide.clone())
+            }
+            ScreenKind::Stderr(_) => (Vec::new(), Vec::new()),
+        }
+    }
+
+    fn columns(&self) -> usize {
+        usize::from(TermLike::width(self)).max(20)
+    }
+
+    fn emulate<T>(&self, f: impl FnOnce(&mut Emulator) -> T) -> Option<T> {
+        match &*self.inner {
+            ScreenKind::Memory(e) => Some(f(&mut e.lock().unwrap_or_else(|p| p.into_inner()))),
+            ScreenKind::Stderr(_) => None,
+        }
+    }
+}
+
+impl TermLike for Screen {
+    fn width(&self) -> u16 {
+        match &*self.inner {
+            // A terminal's size, or 80 columns when stderr is no terminal.
+            ScreenKind::Stderr(t) => match t.size_checked() {
+                Some((_, w)) if w > 0 => w,
+                _ => 80,
+            },
+            ScreenKind::Memory(e) => e.lock().unwrap_or_else(|p| p.into_inner()).width,
+        }
+    }
+
+    fn height(&self) -> u16 {
+        match &*self.inner {
+            ScreenKind::Stderr(t) => match t.size_checked() {
+                Some((h, _)) if h > 0 => h,
+                _ => 24,
+            },
+            ScreenKind::Memory(_) => 24,
+        }
+    }
+
+    fn move_cursor_up(&self, n: usize) -> io::Result<()> {
+        match &*self.inner {
+            ScreenKind::Stderr(t) => t.move_cursor_up(n),
+            ScreenKind::Memory(_) if n == 0 => Ok(()),
+            ScreenKind::Memory(_) => {
+                self.emulate(|e| {
+                    e.row = e.row.saturating_sub(n);
+                    e.col = e.col.min(usize::from(e.width).saturating_sub(1));
+                });
+                Ok(())
+            }
+        }
+    }
+
+    fn move_cursor_down(&self, n: usize) -> io::Result<()> {
+        match &*self.inner {
+            ScreenKind::Stderr(t) => t.move_cursor_down(n),
+            ScreenKind::Memory(_) if n == 0 => Ok(()),
+            ScreenKind::Memory(_) => {
+                self.emulate(|e| {
+                    e.row += n;
+                    e.col = e.col.min(usize::from(e.width).saturating_sub(1));
+                });
+                Ok(())
+            }
+        }
+    }
+
+    fn move_cursor_right(&self, n: usize) -> io::Result<()> {
+        match &*self.inner {
+            ScreenKind::Stderr(t) => t.move_cursor_right(n),
+            ScreenKind::Memory(_) if n == 0 => Ok(()),
+            ScreenKind::Memory(_) => {
+                self.emulate(|e| e.col = (e.col + n).min(usize::from(e.width) - 1));
+                Ok(())
+            }
+        }
+    }
+
+    fn move_cursor_left(&self, n: usize) -> io::Result<()> {
+        match &*self.inner {
+            ScreenKind::Stderr(t) => t.move_cursor_left(n),
+            ScreenKind::Memory(_) if n == 0 => Ok(()),
+            ScreenKind::Memory(_) => {
+                self.emulate(|e| e.col = e.col.min(usize::from(e.width) - 1).saturating_sub(n));
+                Ok(())
+            }
+        }
+    }
+
+    fn write_line(&self, s: &str) -> io::Result<()> {
+        match &*self.inner {
+            ScreenKind::Stderr(t) => t.write_line(s),
+            ScreenKind::Memory(_) => {
+                self.emulate(|e| {
+                    e.write(s);
+                    e.write("\n");
+                });
+                Ok(())
+            }
+        }
+    }
+
+    fn write_str(&self, s: &str) -> io::Result<()> {
+        match &*self.inner {
+            ScreenKind::Stderr(t) => t.write_str(s),
+            ScreenKind::Memory(_) => {
+                self.emulate(|e| e.write(s));
+                Ok(())
+            }
+        }
+    }
+
+    fn clear_line(&self) -> io::Result<()> {
+        match &*self.inner {
+            ScreenKind::Stderr(t) => t.clear_line(),
+            ScreenKind::Memory(_) => {
+                self.emulate(Emulator::clear_line);
+                Ok(())
+            }
+        }
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        match &*self.inner {
+            ScreenKind::Stderr(t) => t.flush(),
+            ScreenKind::Memory(_) => Ok(()),
+        }
+    }
+}
+
+/// Just enough of a terminal for indicatif's drawing: lines of text, a
+/// cursor, carriage returns, and wrapping at the right margin (deferred, as
+/// in xterm: the cursor waits there until the next character).
+#[derive(Debug, Default)]
+struct Emulator {
+    width: u16,
+    lines: Vec<String>,
+    row: usize,
+    col: usize,
+    /// Texts given in one write that were wider than the screen.
+    too_wide: Vec<String>,
+}
+
+impl Emulator {
+    fn line(&mut self) -> &mut String {
+        while self.lines.len() <= self.row {
+            self.lines.push(String::new());
+        }
+        &mut self.lines[self.row]
+    }
+
+    fn write(&mut self, s: &str) {
+        let plain = console::strip_ansi_codes(s).into_owned();
+        for text in plain.split(['\r', '\n']) {
+            if measure_text_width(text.trim_end()) > usize::from(self.width) {
+                self.too_wide.push(text.trim_end().to_owned());
+            }
+        }
+        for c in plain.chars() {
+            match c {
+                '\r' => self.col = 0,
+                '\n' => {
+                    self.row += 1;
+                    self.col = 0;
+                }
+                c => {
+                    if self.col >= usize::from(self.width) {
+                        self.row += 1;
+                        self.col = 0;
+                    }
+                    let col = self.col;
+                    let line = self.line();
+                    let mut chars: Vec<char> = line.chars().collect();
+                    while chars.len() <= col {
+                        chars.push(' ');
+                    }
+                    chars[col] = c;
+                    *line = chars.into_iter().collect::<String>();
+                    self.col += 1;
+                }
+            }
+        }
+    }
+
+    fn clear_line(&mut self) {
+        self.line().clear();
+        self.col = 0;
+    }
+
+    /// The screen's lines, without trailing blanks.
+    fn screen(&self) -> Vec<String> {
+        let mut lines: Vec<String> = self.lines.iter().map(|l| l.trim_end().to_owned()).collect();
+        while lines.last().is_some_and(|l| l.is_empty()) {
+            lines.pop();
+        }
+        lines
+    }
+}
+
+/// A step that is running.
+struct Running {
+    bar: ProgressBar,
+    name: String,
+    miss: Option<String>,
+    /// Its last output lines, for when it fails.
+    last: VecDeque<String>,
+    /// Detail lines (the build command's own steps), shown under it.
+    details: Vec<String>,
+    started: std::time::Instant,
+}
+
+pub(super) struct Tty {
+    screen: Screen,
+    multi: MultiProgress,
+    style: ProgressStyle,
+    running: HashMap<usize, Running>,
+}
+
+impl Tty {
+    pub(super) fn new(screen: Screen) -> Tty {
+        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::term_like_with_hz(
+            Box::new(screen.clone()),
+            REFRESH_HZ,
+        ));
+        // Not `set_move_cursor`: with no running step left, indicatif would
+        // then return to the start of the last permanent line and write over
+        // it. Clearing and rewriting does not flicker as the terminal gets
+        // each redraw in one write (the screen is buffered until flushed).
+        let style = ProgressStyle::with_template(" {spinner:.cyan} {wide_msg} {secs:>8}")
+            .expect("the template is valid")
+            .with_key("secs", |state: &ProgressState, w: &mut dyn fmt::Write| {
+                let _ = w.write_str(&seconds(state.elapsed()));
+            })
+            .tick_chars("⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏ ");
+        Tty {
+            screen,
+            multi,
+            style,
+            running: HashMap::new(),
+        }
+    }
+
+    /// Prints a permanent line above the running steps.
+    fn print(&self, line: &str) {
+        // Best effort, as all progress.
+        let _ = self.multi.println(line);
+    }
+
+    /// ` => CACHED [1/2] FROM busybox            0.0s`, cut to the width.
+    fn finished_line(&self, tag: Option<(&str, Style)>, name: &str, duration: Duration) -> String {
+        let width = self.screen.columns();
+        let time = seconds(duration);
+        let tag_text = tag
+            .as_ref()
+            .map(|(t, _)| format!("{t} "))
+            .unwrap_or_default();
+        // " => " + tag + name + " " + time, time right-aligned.
+        let room = width.saturating_sub(4 + tag_text.len() + 1 + TIME_WIDTH);
+        let name = one_line(name);
+        let name = truncate_str(&name, room, "…");
+        let pad = width
+            .saturating_sub(4 + tag_text.len() + measure_text_width(&name) + time.len())
+            .max(1);
+        let tag = match tag {
+            Some((t, style)) => format!("{} ", style.apply_to(t)),
+            None => String::new(),
+        };
+        format!(" => {tag}{name}{}{}", " ".repeat(pad), dim().apply_to(time))
+    }
+
+    /// A line under a step (`=> => naming to … done`, `cache miss: …`).
+    fn sub_line(&self, text: &str, style: Style) -> String {
+        let width = self.screen.columns();
+        let text = one_line(text);
+        let text = truncate_str(&text, width.saturating_sub(8), "…");
+        format!(" => => {}", style.apply_to(text))
+    }
+
+    /// The running line's message: the step's name, then its latest output,
+    /// both cut so that the output keeps some room.
+    fn message(&self, name: &str, latest: Option<&str>) -> String {
+        // " ⠋ " + message + " " + time.
+        let room = self.screen.columns().saturating_sub(3 + 1 + TIME_WIDTH + 1);
+        let name = one_line(name);
+        let Some(latest) = latest.map(one_line).filter(|l| !l.trim().is_empty()) else {
+            return truncate_str(&name, room, "…").into_owned();
+        };
+        let separator = " │ ";
+        let latest_width = measure_text_width(&latest);
+        let name_width = measure_text_width(&name);
+        let name_room = name_width.min(room / 2).max(
+            room.saturating_sub(separator.len() + latest_width)
+                .min(name_width),
+        );
+        let name = truncate_str(&name, name_room, "…");
+        let rest = room.saturating_sub(measure_text_width(&name) + 3);
+        let latest = truncate_str(&latest, rest, "…");
+        format!(
+            "{name}{}{}",
+            dim().apply_to(separator),
+            dim().apply_to(latest)
+        )
+    }
+
+    fn finish(&mut self, n: usize) -> Option<Running> {
+        let running = self.running.remove(&n)?;
+        running.bar.finish_and_clear();
+        self.multi.remove(&running.bar);
+        Some(running)
+    }
+}
+
+impl Display for Tty {
+    fn step(&mut self, stamp: Stamp, step: Step, what: What<'_>) {
+        let n = step.n;
+        match what {
+            What::Started { name } => {
+                let bar = self.multi.add(ProgressBar::new_spinner());
+                bar.set_style(self.style.clone());
+                bar.set_message(self.message(name, None));
+                bar.enable_steady_tick(TICK);
+                self.running.insert(
+                    n,
+                    Running {
+                        bar,
+                        name: name.to_owned(),
+                        miss: None,
+                        last: VecDeque::new(),
+                        details: Vec::new(),
+                        started: stamp.at,
+                    },
+                );
+            }
+            What::Cached { name } => {
+                let line = self.finished_line(Some(("CACHED", cached())), name, Duration::ZERO);
+                self.print(&line);
+            }
+            What::Miss { reason } => {
+                if let Some(r) = self.running.get_mut(&n) {
+                    r.miss = Some(reason.to_owned());
+                }
+            }
+            What::Log { line, .. } | What::Detail { line } => {
+                let detail = matches!(what, What::Detail { .. });
+                let Some(r) = self.running.get(&n) else {
+                    return;
+                };
+                let message = self.message(&r.name, Some(line));
+                let r = self.running.get_mut(&n).expect("looked up above");
+                r.bar.set_message(message);
+                if detail {
+                    r.details.push(line.to_owned());
+                } else {
+                    if r.last.len() == FAILED_LINES {
+                        r.last.pop_front();
+                    }
+                    r.last.push_back(line.to_owned());
+                }
+            }
+            What::Done { duration } => {
+                let Some(r) = self.finish(n) else { return };
+                let mut out = self.finished_line(None, &r.name, duration);
+                for d in &r.details {
+                    out.push('\n');
+                    out.push_str(&self.sub_line(d, Style::new()));
+                }
+                if let Some(reason) = &r.miss {
+                    out.push('\n');
+                    out.push_str(&self.sub_line(&format!("cache miss: {reason}"), miss()));
+                }
+                self.print(&out);
+            }
+            What::Error { message } => {
+                let Some(r) = self.finish(n) else { return };
+                let duration = stamp.at.saturating_duration_since(r.started);
+                let mut out = self.finished_line(Some(("ERROR", error())), &r.name, duration);
+                if let Some(reason) = &r.miss {
+                    out.push('\n');
+                    out.push_str(&self.sub_line(&format!("cache miss: {reason}"), miss()));
+                }
+                // BuildKit's block: the failing step's last output lines.
+                // They may wrap: all of them is what a person needs here.
+                let _ = write!(out, "\n------\n > {}:", one_line(&r.name));
+                for l in &r.last {
+                    let _ = write!(out, "\n{}", one_line(l));
+                }
+                if r.last.is_empty() {
+                    let _ = write!(out, "\n{message}");
+                }
+                out.push_str("\n------");
+                self.print(&out);
+            }
+        }
+    }
+
+    fn warning(&mut self, _: Stamp, message: &str) {
+        self.print(&format!(
+            "{}",
+            Style::new().yellow().for_stderr().apply_to(message)
+        ));
+    }
+
+    fn summary(&mut self, _: Stamp, summary: &Summary) {
+        let left: Vec<usize> = self.running.keys().copied().collect();
+        for n in left {
+            self.finish(n);
+        }
+        let style = if summary.ok {
+            Style::new().green().bold().for_stderr()
+        } else {
+            error()
+        };
+        self.print(&format!("{}", style.apply_to(summary_text(summary))));
+        let _ = self.multi.clear();
+    }
+}
+
+impl Drop for Tty {
+    fn drop(&mut self) {
+        for r in self.running.values() {
+            r.bar.finish_and_clear();
+        }
+        let _ = self.multi.clear();
+    }
+}
+
+/// What a terminal shows of an output line on one line: after its last
+/// carriage return (progress bars of tools), without escape sequences and
+/// control characters, tabs as spaces.
+fn one_line(line: &str) -> String {
+    let line = line.trim_end_matches(['\r', '\n']);
+    let line = line.rsplit('\r').next().unwrap_or(line);
+    let line = console::strip_ansi_codes(line);
+    line.chars()
+        .filter_map(|c| match c {
+            '\t' => Some(' '),
+            c if c.is_control() => None,
+            c => Some(c),
+        })
+        .collect()
+}
+
+fn dim() -> Style {
+    Style::new().dim().for_stderr()
+}
+
+fn cached() -> Style {
+    Style::new().blue().bold().for_stderr()
+}
+
+fn miss() -> Style {
+    Style::new().yellow().for_stderr()
+}
+
+fn error() -> Style {
+    Style::new().red().bold().for_stderr()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Renderer;
+    use super::super::testsupport::*;
+    use super::*;
+
+    fn render(width: u16, events: fn(&Renderer)) -> (Vec<String>, Vec<String>) {
+        let screen = Screen::memory(width);
+        let r = Renderer::tty(screen.clone());
+        events(&r);
+        drop(r);
+        screen.contents()
+    }
+
+    #[test]
+    fn cached_steps_are_marked_and_details_shown_under_their_step() {
+        let (lines, too_wide) = render(80, cached_build);
+        assert_eq!(too_wide, Vec::<String>::new());
+        assert_eq!(lines.len(), 7, "{lines:#?}");
+        assert!(lines[0].starts_with(" => CACHED [1/2] FROM docker.io/library/busybox:latest "));
+        assert!(lines[0].ends_with(" 0.0s"), "{}", lines[0]);
+        assert_eq!(
+            lines[0].chars().count(),
+            80,
+            "right-aligned time: {:?}",
+            lines[0]
+        );
+        assert!(
+            lines[1].starts_with(" => CACHED [2/2] RUN echo hi "),
+            "{}",
+            lines[1]
+        );
+        assert!(
+            lines[2].starts_with(" => exporting to image "),
+            "{}",
+            lines[2]
+        );
+        assert!(lines[2].ends_with('s'), "{}", lines[2]);
+        assert_eq!(lines[3], " => => writing image sha256:00 done");
+        assert_eq!(
+            lines[4],
+            " => => naming to docker.io/library/app:latest done"
+        );
+        assert_eq!(lines[5], "Dockerfile:3:1: warning: something to know");
+        assert!(
+            lines[6].starts_with("Build finished in ")
+                && lines[6].ends_with(": 3 steps, 1 run, 2 cached"),
+            "{}",
+            lines[6]
+        );
+    }
+
+    #[test]
+    fn failed_step_shows_its_last_lines_and_misses_show_under_their_step() {
+        let (lines, too_wide) = render(80, failing_build);
+        let text = lines.join("\n");
+        assert_eq!(too_wide, Vec::<String>::new());
+        assert!(lines[0].starts_with(" => CACHED [a 1/2] FROM"), "{text}");
+        // Steps become permanent in the order they finish.
+        assert!(lines[1].starts_with(" => [b 2/2] RUN echo b "), "{text}");
+        assert!(lines[1].ends_with(" 1.5s"), "{text}");
+        assert!(
+            lines[2].starts_with(" => [a 2/2] COPY src/ /app "),
+            "{text}"
+        );
+        assert_eq!(
+            lines[3],
+            " => => cache miss: COPY src/ /app: src/main.rs changed"
+        );
+        assert!(
+            lines[4].starts_with(" => ERROR [stage-2 3/3] RUN make "),
+            "{text}"
+        );
+        assert_eq!(lines[5], "------");
+        assert_eq!(lines[6], " > [stage-2 3/3] RUN make:");
+        let shown: Vec<String> = (3..=12).map(|i| format!("make line {i}")).collect();
+        assert_eq!(lines[7..17], shown[..], "{text}");
+        assert_eq!(lines[17], "------");
+        assert!(lines[18].starts_with("Build failed after "), "{text}");
+        assert_eq!(lines.len(), 19, "{text}");
+    }
+
+    #[test]
+    fn running_line_keeps_room_for_the_latest_output() {
+        let tty = Tty::new(Screen::memory(80));
+        let name = "[build 3/7] RUN apt-get update && apt-get install -y build-essential curl git";
+        let m = tty.message(
+            name,
+            Some("Get:1 http://deb.debian.org/debian bookworm InRelease [151 kB]"),
+        );
+        let plain = console::strip_ansi_codes(&m).into_owned();
+        assert!(measure_text_width(&plain) <= 80 - 13, "{plain}");
+        let (n, l) = plain.split_once(" │ ").unwrap();
+        assert!(
+            n.starts_with("[build 3/7] RUN apt-get") && n.ends_with('…'),
+            "{plain}"
+        );
+        assert!(
+            l.starts_with("Get:1 http://deb") && measure_text_width(l) >= 25,
+            "{plain}"
+        );
+        // Short names are whole.
+        let m = console::strip_ansi_codes(&tty.message("[1/2] RUN make", Some("cc -c a.c")))
+            .into_owned();
+        assert_eq!(m, "[1/2] RUN make │ cc -c a.c");
+        // Carriage returns and escapes from the step do not reach the terminal.
+        let m = tty.message("[1/2] RUN x", Some("\x1b[1m 10%\r 55%\tdone\x07"));
+        assert_eq!(console::strip_ansi_codes(&m), "[1/2] RUN x │  55% done");
+    }
+
+    #[test]
+    fn narrow_terminal_cuts_lines_to_its_width() {
+        let (lines, too_wide) = render(40, failing_build);
+        let text = lines.join("\n");
+        // Step lines fit; only the summary wraps (as would a failed step's
+        // long output lines).
+        assert_eq!(too_wide.len(), 1, "{too_wide:#?}");
+        assert!(
+            too_wide[0].starts_with("Build failed after"),
+            "{too_wide:#?}"
+        );
+        assert!(
+            lines[0].starts_with(" => CACHED [a 1/2] FROM doc"),
+            "{text}"
+        );
+        assert!(
+            lines[0].contains('…') && lines[0].ends_with(" 0.0s"),
+            "{text}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with(" => => cache miss: COPY src/")),
+            "{text}"
+        );
+    }
+}
