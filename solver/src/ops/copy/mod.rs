@@ -42,9 +42,9 @@ mod archive;
 mod chmod;
 mod chown;
 mod fetch;
-mod resolve;
+pub(crate) mod resolve;
 mod tree;
-mod wildcard;
+pub(crate) mod wildcard;
 
 use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};

@@ -21,7 +21,7 @@ const MAX_LINKS: usize = 255;
 
 /// What a symlink that points above the root means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Escape {
+pub(crate) enum Escape {
     /// `..` stops at the root and absolute targets start from it, as for `/`
     /// of a real filesystem: an image or a stage.
     Clamp,
@@ -33,7 +33,7 @@ pub(super) enum Escape {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub(super) enum ResolveError {
+pub(crate) enum ResolveError {
     #[error("symlink {} points outside the root ({})", .link.display(), .target.display())]
     Escapes { link: PathBuf, target: PathBuf },
     #[error("too many levels of symbolic links resolving {}", .path.display())]
@@ -48,14 +48,14 @@ pub(super) enum ResolveError {
 
 /// A host directory seen as the root of a filesystem.
 #[derive(Clone, Copy)]
-pub(super) struct Tree<'a> {
+pub(crate) struct Tree<'a> {
     pub(super) host: &'a Path,
     pub(super) ignore: Option<&'a PatternMatcher>,
     pub(super) escape: Escape,
 }
 
 /// The `/`-separated form of a relative path, for pattern matching.
-pub(super) fn slash_str(rel: &Path) -> String {
+pub(crate) fn slash_str(rel: &Path) -> String {
     rel.to_string_lossy().into_owned()
 }
 
@@ -66,7 +66,7 @@ pub(super) fn display_abs(rel: &Path) -> String {
 
 /// The components of a path given in a Dockerfile or a link, without the
 /// root, `.` or empty parts; `..` is kept for the resolver to apply.
-pub(super) fn components(path: &Path) -> Vec<OsString> {
+pub(crate) fn components(path: &Path) -> Vec<OsString> {
     path.components()
         .filter_map(|c| match c {
             Component::Normal(n) => Some(n.to_os_string()),
@@ -77,7 +77,7 @@ pub(super) fn components(path: &Path) -> Vec<OsString> {
 }
 
 impl<'a> Tree<'a> {
-    pub(super) fn new(host: &'a Path, ignore: Option<&'a PatternMatcher>, escape: Escape) -> Self {
+    pub(crate) fn new(host: &'a Path, ignore: Option<&'a PatternMatcher>, escape: Escape) -> Self {
         Self {
             host,
             ignore,
@@ -85,7 +85,7 @@ impl<'a> Tree<'a> {
         }
     }
 
-    pub(super) fn host_path(&self, rel: &Path) -> PathBuf {
+    pub(crate) fn host_path(&self, rel: &Path) -> PathBuf {
         if rel.as_os_str().is_empty() {
             self.host.to_path_buf()
         } else {
@@ -108,7 +108,7 @@ impl<'a> Tree<'a> {
     }
 
     /// `lstat` of `rel`, or `None` when it does not exist or is ignored.
-    pub(super) fn lstat(&self, rel: &Path) -> Result<Option<Metadata>, ResolveError> {
+    pub(crate) fn lstat(&self, rel: &Path) -> Result<Option<Metadata>, ResolveError> {
         match self.host_path(rel).symlink_metadata() {
             Ok(meta) if self.visible(rel, meta.is_dir()) => Ok(Some(meta)),
             Ok(_) => Ok(None),
@@ -125,7 +125,7 @@ impl<'a> Tree<'a> {
     /// followed inside the tree, the last component's only when
     /// `follow_last`. Components from the first missing one on are kept as
     /// written (with `..` applied lexically), so the result may not exist.
-    pub(super) fn resolve(&self, path: &Path, follow_last: bool) -> Result<PathBuf, ResolveError> {
+    pub(crate) fn resolve(&self, path: &Path, follow_last: bool) -> Result<PathBuf, ResolveError> {
         let mut todo: Vec<OsString> = components(path);
         todo.reverse();
         let mut done = PathBuf::new();
@@ -194,7 +194,7 @@ impl<'a> Tree<'a> {
 }
 
 /// Errors that mean "there is nothing at this path".
-pub(super) fn is_missing(e: &io::Error) -> bool {
+pub(crate) fn is_missing(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ENAMETOOLONG)

@@ -29,7 +29,7 @@ enum Token {
 
 /// One path component of a source pattern, compiled.
 #[derive(Clone, PartialEq, Eq)]
-pub(super) struct ComponentPattern {
+pub(crate) struct ComponentPattern {
     source: String,
     tokens: Vec<Token>,
 }
@@ -114,7 +114,7 @@ impl ComponentPattern {
     }
 
     /// Whether this component is exactly `**`.
-    pub(super) fn is_double_star(&self) -> bool {
+    pub(crate) fn is_double_star(&self) -> bool {
         self.source == "**"
     }
 
@@ -124,7 +124,7 @@ impl ComponentPattern {
     }
 
     /// Whether `name` (one path component) matches.
-    pub(super) fn matches(&self, name: &str) -> bool {
+    pub(crate) fn matches(&self, name: &str) -> bool {
         let name: Vec<char> = name.chars().collect();
         match_tokens(&self.tokens, &name)
     }
@@ -185,7 +185,7 @@ fn single_matches(token: &Token, c: char) -> bool {
 /// Splits a cleaned absolute source path; components after the first one
 /// with a wildcard are all compiled (a literal one then matches only
 /// itself), the ones before it are looked up directly.
-pub(super) fn split(path: &str) -> Result<(Vec<String>, Vec<ComponentPattern>), BadPattern> {
+pub(crate) fn split(path: &str) -> Result<(Vec<String>, Vec<ComponentPattern>), BadPattern> {
     let mut prefix = Vec::new();
     let mut rest = Vec::new();
     for part in path.split('/').filter(|p| !p.is_empty() && *p != ".") {

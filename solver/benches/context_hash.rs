@@ -1,0 +1,2 @@
+//! Context hashing benchmark (placeholder while the module lands).
+fn main() {}

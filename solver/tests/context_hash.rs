@@ -1,0 +1,448 @@
+//! Context checksums: what changes them, what does not, and the stat cache
+//! that spares reading unchanged files.
+
+use std::fs;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use cache::store::Store;
+use frontend::dockerignore::PatternMatcher;
+use solver::context_hash::{ContextHasher, ContextSum, Selection};
+
+struct Fixture {
+    _root: tempfile::TempDir,
+    ctx: tempfile::TempDir,
+    store: Store,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path()).unwrap();
+        Self {
+            _root: root,
+            ctx: tempfile::tempdir().unwrap(),
+            store,
+        }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.ctx.path().join(rel)
+    }
+
+    fn write(&self, rel: &str, content: &str) {
+        let path = self.path(rel);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, content).unwrap();
+    }
+
+    fn hasher(&self, ignore: Option<&PatternMatcher>) -> ContextHasher {
+        ContextHasher::new(&self.store, self.ctx.path(), ignore).unwrap()
+    }
+
+    /// A fresh hasher's sum (the stat cache of earlier saves is used).
+    fn sum(&self, paths: &[&str]) -> ContextSum {
+        self.sum_with(paths, &[], None)
+    }
+
+    fn sum_with(
+        &self,
+        paths: &[&str],
+        exclude: &[String],
+        ignore: Option<&PatternMatcher>,
+    ) -> ContextSum {
+        self.hasher(ignore)
+            .checksum(&Selection {
+                paths: paths.to_vec(),
+                exclude,
+            })
+            .unwrap()
+    }
+
+    fn cache_files(&self) -> Vec<PathBuf> {
+        let dir = self.store.root().join("context-cache");
+        match fs::read_dir(dir) {
+            Ok(rd) => rd.map(|e| e.unwrap().path()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+fn names(sum: &ContextSum) -> Vec<&str> {
+    sum.entries.iter().map(|(n, _)| n.as_str()).collect()
+}
+
+/// Files must be older than the racy-timestamp margin before the stat
+/// cache records them.
+fn age() {
+    std::thread::sleep(Duration::from_millis(250));
+}
+
+fn sample(f: &Fixture) {
+    f.write("src/main.rs", "fn main() {}\n");
+    f.write("src/lib/util.rs", "pub fn util() {}\n");
+    f.write("README.md", "# readme\n");
+    f.write("notes.txt", "notes\n");
+}
+
+#[test]
+fn same_content_gives_the_same_digest_with_or_without_the_stat_cache() {
+    let a = Fixture::new();
+    let b = Fixture::new();
+    sample(&a);
+    sample(&b);
+    age();
+    let first = a.sum(&["/src"]);
+    assert_eq!(
+        names(&first),
+        ["src", "src/lib", "src/lib/util.rs", "src/main.rs"]
+    );
+    // Another directory with the same files, another store.
+    assert_eq!(b.sum(&["/src"]), first);
+    // Saved cache, then a new hasher that reads nothing.
+    let h = a.hasher(None);
+    let sel = Selection {
+        paths: vec!["/src"],
+        exclude: &[],
+    };
+    assert_eq!(h.checksum(&sel).unwrap(), first);
+    h.save().unwrap();
+    assert_eq!(a.cache_files().len(), 1);
+    let h2 = a.hasher(None);
+    assert_eq!(h2.checksum(&sel).unwrap(), first);
+    assert_eq!(h2.stats().files_read, 0);
+    assert_eq!(h2.stats().cache_hits, 2);
+    // The whole context differs from a part of it.
+    assert_ne!(a.sum(&["/"]).digest, first.digest);
+    assert_eq!(a.sum(&["/"]), b.sum(&["/"]));
+}
+
+#[test]
+fn content_mode_link_target_and_membership_changes_are_seen() {
+    let f = Fixture::new();
+    sample(&f);
+    symlink("main.rs", f.path("src/link")).unwrap();
+    let mut seen = vec![f.sum(&["/src"]).digest];
+    let mut check = |what: &str| {
+        let d = f.sum(&["/src"]).digest;
+        assert!(!seen.contains(&d), "{what} did not change the digest");
+        seen.push(d);
+    };
+    f.write("src/main.rs", "fn main() { }\n");
+    check("content");
+    fs::set_permissions(f.path("src/main.rs"), fs::Permissions::from_mode(0o755)).unwrap();
+    check("mode");
+    fs::set_permissions(f.path("src/main.rs"), fs::Permissions::from_mode(0o4755)).unwrap();
+    check("setuid");
+    fs::remove_file(f.path("src/link")).unwrap();
+    symlink("lib/util.rs", f.path("src/link")).unwrap();
+    check("link target");
+    f.write("src/lib/new.rs", "");
+    check("added file");
+    fs::remove_file(f.path("src/lib/util.rs")).unwrap();
+    check("removed file");
+    fs::create_dir(f.path("src/empty")).unwrap();
+    check("added directory");
+    fs::set_permissions(f.path("src/empty"), fs::Permissions::from_mode(0o700)).unwrap();
+    check("directory mode");
+    std::os::unix::fs::chown(f.path("src/main.rs"), Some(1000), Some(1000)).unwrap();
+    check("owner");
+}
+
+#[test]
+fn unselected_ignored_and_touched_files_do_not_change_it() {
+    let f = Fixture::new();
+    sample(&f);
+    f.write("src/secret.key", "k1");
+    let ignore = PatternMatcher::new(["**/*.key"]).unwrap();
+    let before = f.sum_with(&["/src"], &[], Some(&ignore));
+    assert!(!names(&before).contains(&"src/secret.key"));
+    f.write("notes.txt", "other notes\n");
+    f.write("src/secret.key", "k2");
+    let file = fs::File::options()
+        .write(true)
+        .open(f.path("src/main.rs"))
+        .unwrap();
+    file.set_modified(SystemTime::now() + Duration::from_secs(3600))
+        .unwrap();
+    drop(file);
+    assert_eq!(f.sum_with(&["/src"], &[], Some(&ignore)), before);
+    // Without the ignore file the key is part of it.
+    assert_ne!(f.sum(&["/src"]).digest, before.digest);
+}
+
+#[test]
+fn dockerignore_exceptions_reinclude() {
+    let f = Fixture::new();
+    f.write("dir/keep", "1");
+    f.write("dir/other", "1");
+    f.write("dir/sub/keep", "1");
+    let ignore = PatternMatcher::new(["dir", "!dir/keep"]).unwrap();
+    let sum = |f: &Fixture| f.sum_with(&["/"], &[], Some(&ignore));
+    let before = sum(&f);
+    assert_eq!(names(&before), [".", "dir", "dir/keep"]);
+    f.write("dir/other", "2");
+    f.write("dir/sub/keep", "2");
+    assert_eq!(sum(&f), before);
+    f.write("dir/keep", "2");
+    assert_ne!(sum(&f), before);
+}
+
+#[test]
+fn wildcards_select_matching_names_only() {
+    let f = Fixture::new();
+    f.write("a.go", "a");
+    f.write("b.go", "b");
+    f.write("c.txt", "c");
+    f.write("pkg/x/y.go", "y");
+    f.write("pkg/z.go", "z");
+    let before = f.sum(&["/*.go"]);
+    assert_eq!(names(&before), ["a.go", "b.go"]);
+    f.write("c.txt", "cc");
+    assert_eq!(f.sum(&["/*.go"]), before);
+    f.write("b.go", "bb");
+    assert_ne!(f.sum(&["/*.go"]), before);
+    assert_eq!(
+        names(&f.sum(&["/pkg/*/*.go"])),
+        ["pkg", "pkg/x", "pkg/x/y.go"]
+    );
+    // `**` spans directories (what COPY --parents reads, a superset of a
+    // plain one-level match).
+    let all = f.sum(&["/pkg/**/*.go"]);
+    assert_eq!(names(&all), ["pkg", "pkg/x", "pkg/x/y.go", "pkg/z.go"]);
+    // A new match changes it; a pattern that matches nothing is a marker.
+    f.write("d.go", "d");
+    assert_ne!(f.sum(&["/*.go"]), before);
+    let none = f.sum(&["/*.rs"]);
+    assert_eq!(names(&none), ["<no match> /*.rs"]);
+    assert_eq!(f.sum(&["/*.rs"]), none);
+}
+
+#[test]
+fn exclude_patterns_are_relative_to_each_source() {
+    let f = Fixture::new();
+    f.write("src/a.rs", "a");
+    f.write("src/debug.log", "1");
+    f.write("src/deep/trace.log", "1");
+    let one_level = ["*.log".to_owned()];
+    let any_level = ["**/*.log".to_owned()];
+    let base_one = f.sum_with(&["/src"], &one_level, None);
+    let base_any = f.sum_with(&["/src"], &any_level, None);
+    assert_eq!(
+        names(&base_one),
+        ["src", "src/a.rs", "src/deep", "src/deep/trace.log"]
+    );
+    assert_eq!(names(&base_any), ["src", "src/a.rs", "src/deep"]);
+    f.write("src/debug.log", "2");
+    assert_eq!(f.sum_with(&["/src"], &one_level, None), base_one);
+    f.write("src/deep/trace.log", "2");
+    assert_ne!(f.sum_with(&["/src"], &one_level, None), base_one);
+    assert_eq!(f.sum_with(&["/src"], &any_level, None), base_any);
+    // A bad pattern is a marker (COPY reports it), not an error.
+    let bad = f.sum_with(&["/src"], &["[".to_owned()], None);
+    assert_eq!(bad.entries.len(), 1);
+    assert!(bad.entries[0].0.starts_with("<bad exclude>"), "{bad:?}");
+}
+
+#[test]
+fn a_symlinked_source_is_followed_and_inner_links_are_hashed_as_links() {
+    let f = Fixture::new();
+    f.write("real/file", "content");
+    f.write("real/other", "content");
+    symlink("real", f.path("link")).unwrap();
+    symlink("other", f.path("real/inner")).unwrap();
+    let before = f.sum(&["/link"]);
+    assert_eq!(
+        names(&before),
+        ["link", "link/file", "link/inner", "link/other"]
+    );
+    f.write("real/file", "changed");
+    let after = f.sum(&["/link"]);
+    assert_ne!(after, before);
+    // The inner link is not followed: pointing it to a file with the same
+    // content still changes the sum.
+    fs::remove_file(f.path("real/inner")).unwrap();
+    symlink("./other", f.path("real/inner")).unwrap();
+    assert_ne!(f.sum(&["/link"]), after);
+    // A file reached through a link keeps its written name.
+    symlink("real/file", f.path("alias")).unwrap();
+    let alias = f.sum(&["/alias"]);
+    assert_eq!(names(&alias), ["alias"]);
+    assert_ne!(alias.entries[0].1, f.sum(&["/real/file"]).entries[1].1);
+}
+
+#[test]
+fn missing_and_escaping_sources_give_stable_markers() {
+    let f = Fixture::new();
+    f.write("a", "a");
+    symlink("/etc", f.path("out")).unwrap();
+    let missing = f.sum(&["/nope"]);
+    assert_eq!(names(&missing), ["<missing> /nope"]);
+    assert_eq!(f.sum(&["/nope"]), missing);
+    assert_ne!(f.sum(&["/other"]), missing);
+    let escaping = f.sum(&["/out/passwd"]);
+    assert_eq!(escaping.entries.len(), 1);
+    assert!(
+        escaping.entries[0].0.starts_with("<escapes> /out/passwd"),
+        "{escaping:?}"
+    );
+    // With another source the marker is one entry among the others, and
+    // the file appearing changes the sum.
+    let both = f.sum(&["/a", "/nope"]);
+    assert_eq!(names(&both), ["<missing> /nope", "a"]);
+    f.write("nope", "");
+    assert_ne!(f.sum(&["/a", "/nope"]), both);
+}
+
+#[test]
+fn racy_rewrite_with_the_same_size_and_mtime_is_seen() {
+    let f = Fixture::new();
+    f.write("f", "aaaa");
+    let mtime = fs::metadata(f.path("f")).unwrap().modified().unwrap();
+    let h = f.hasher(None);
+    let sel = Selection {
+        paths: vec!["/f"],
+        exclude: &[],
+    };
+    let first = h.checksum(&sel).unwrap();
+    // Just written: its timestamps cannot tell a later rewrite apart.
+    assert_eq!(h.stats().racy, 1);
+    h.save().unwrap();
+    f.write("f", "bbbb");
+    let file = fs::File::options().write(true).open(f.path("f")).unwrap();
+    file.set_modified(mtime).unwrap();
+    drop(file);
+    assert_eq!(
+        fs::metadata(f.path("f")).unwrap().modified().unwrap(),
+        mtime
+    );
+    let h2 = f.hasher(None);
+    let second = h2.checksum(&sel).unwrap();
+    assert_ne!(second, first);
+    assert_eq!(h2.stats().files_read, 1);
+}
+
+#[test]
+fn stat_cache_survives_save_and_spares_reads() {
+    let f = Fixture::new();
+    for i in 0..50 {
+        f.write(&format!("d{}/f{i}", i % 5), &format!("content {i}"));
+    }
+    age();
+    let sel = Selection {
+        paths: vec!["/"],
+        exclude: &[],
+    };
+    let h = f.hasher(None);
+    let cold = h.checksum(&sel).unwrap();
+    assert_eq!((h.stats().files_read, h.stats().cache_hits), (50, 0));
+    assert_eq!(h.stats().racy, 0);
+    // A second checksum in the same hasher uses what the first recorded.
+    assert_eq!(h.checksum(&sel).unwrap(), cold);
+    assert_eq!(h.stats().files_read, 50);
+    h.save().unwrap();
+
+    let warm = f.hasher(None);
+    assert_eq!(warm.checksum(&sel).unwrap(), cold);
+    assert_eq!((warm.stats().files_read, warm.stats().cache_hits), (0, 50));
+    // Nothing changed: saving writes nothing.
+    let cache = f.cache_files().pop().unwrap();
+    let written = fs::metadata(&cache).unwrap().modified().unwrap();
+    warm.save().unwrap();
+    assert_eq!(fs::metadata(&cache).unwrap().modified().unwrap(), written);
+
+    f.write("d3/f3", "changed");
+    let third = f.hasher(None);
+    let changed = third.checksum(&sel).unwrap();
+    assert_ne!(changed, cold);
+    assert_eq!(
+        (third.stats().files_read, third.stats().cache_hits),
+        (1, 49)
+    );
+    let differing: Vec<&str> = changed
+        .entries
+        .iter()
+        .zip(&cold.entries)
+        .filter(|(a, b)| a != b)
+        .map(|(a, _)| a.0.as_str())
+        .collect();
+    assert_eq!(differing, ["d3/f3"]);
+}
+
+#[test]
+fn a_corrupt_or_foreign_cache_file_is_ignored() {
+    let f = Fixture::new();
+    sample(&f);
+    age();
+    let sel = Selection {
+        paths: vec!["/"],
+        exclude: &[],
+    };
+    let h = f.hasher(None);
+    let sum = h.checksum(&sel).unwrap();
+    h.save().unwrap();
+    let cache = f.cache_files().pop().unwrap();
+    let mut bytes = fs::read(&cache).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 1;
+    fs::write(&cache, &bytes).unwrap();
+    let h2 = f.hasher(None);
+    assert_eq!(h2.checksum(&sel).unwrap(), sum);
+    assert_eq!(h2.stats().cache_hits, 0);
+    assert_eq!(h2.stats().files_read, 4);
+    // Saving replaces it with a good one.
+    h2.save().unwrap();
+    let h3 = f.hasher(None);
+    assert_eq!(h3.checksum(&sel).unwrap(), sum);
+    assert_eq!(h3.stats().files_read, 0);
+    fs::write(&cache, b"not a cache").unwrap();
+    assert_eq!(f.sum(&["/"]), sum);
+    fs::write(&cache, b"").unwrap();
+    assert_eq!(f.sum(&["/"]), sum);
+}
+
+#[test]
+fn hard_links_between_selected_files_count() {
+    let f = Fixture::new();
+    f.write("a", "same");
+    f.write("b", "same");
+    let separate = f.sum(&["/"]);
+    let only_a = f.sum(&["/a"]);
+    fs::remove_file(f.path("b")).unwrap();
+    fs::hard_link(f.path("a"), f.path("b")).unwrap();
+    let linked = f.sum(&["/"]);
+    assert_ne!(linked, separate);
+    assert_eq!(f.sum(&["/", "/b"]), linked);
+    // Only one name of the inode selected: an ordinary file.
+    assert_eq!(f.sum(&["/a"]), only_a);
+}
+
+#[test]
+fn concurrent_checksums_share_one_hasher() {
+    let f = Fixture::new();
+    for i in 0..200 {
+        f.write(&format!("p{}/q{}/f{i}", i % 4, i % 7), &"x".repeat(i * 37));
+    }
+    let h = f.hasher(None);
+    let selections = [vec!["/p0", "/p1"], vec!["/p2"], vec!["/"], vec!["/p*/q3"]];
+    let expected: Vec<ContextSum> = selections.iter().map(|paths| f.sum(paths)).collect();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let h = &h;
+                let paths = selections[i % 4].clone();
+                s.spawn(move || {
+                    h.checksum(&Selection {
+                        paths,
+                        exclude: &[],
+                    })
+                    .unwrap()
+                })
+            })
+            .collect();
+        for (i, handle) in handles.into_iter().enumerate() {
+            assert_eq!(handle.join().unwrap(), expected[i % 4]);
+        }
+    });
+}
