@@ -361,6 +361,10 @@ struct Scan {
     /// DiffIDs of image layers (their snapshots are kept unless `--all`).
     image_diff_ids: HashSet<Digest>,
     blobs: BTreeMap<Digest, u64>,
+    /// Blobs written within the last hour: when nothing names them they
+    /// may belong to a `load` or a build export that has not named them
+    /// yet, so they are not removed as unreferenced.
+    young_blobs: HashSet<Digest>,
     snapshots: BTreeMap<Digest, u64>,
     records: Vec<RecordEntry>,
     notes: Vec<Entry>,
@@ -373,7 +377,7 @@ struct Scan {
 fn scan(store: &Store, now: SystemTime) -> Result<Scan, GcError> {
     let (image_count, image_blobs, image_diff_ids) = image_roots(store)?;
     let mut seen = HashSet::new();
-    let blobs = blob_sizes(store, &mut seen)?;
+    let (blobs, young_blobs) = blob_sizes(store, &mut seen, now)?;
     let snapshots = snapshot_sizes(store)?;
     let index = KeyIndex::new(store);
     let records = index
@@ -409,6 +413,7 @@ fn scan(store: &Store, now: SystemTime) -> Result<Scan, GcError> {
         image_blobs,
         image_diff_ids,
         blobs,
+        young_blobs,
         snapshots,
         records,
         notes,
@@ -444,10 +449,12 @@ fn entries_of(dir: &Path, seen: &mut HashSet<(u64, u64)>) -> Vec<Entry> {
 fn blob_sizes(
     store: &Store,
     seen: &mut HashSet<(u64, u64)>,
-) -> Result<BTreeMap<Digest, u64>, GcError> {
+    now: SystemTime,
+) -> Result<(BTreeMap<Digest, u64>, HashSet<Digest>), GcError> {
     let dir = store.root().join("blobs").join("sha256");
     let read = fs::read_dir(&dir).map_err(io_err("list", &dir))?;
     let mut out = BTreeMap::new();
+    let mut young = HashSet::new();
     for e in read.flatten() {
         let Some(name) = e.file_name().to_str().map(str::to_owned) else {
             continue;
@@ -461,9 +468,13 @@ fn blob_sizes(
         } else {
             0
         };
+        let age = m.modified().ok().and_then(|t| now.duration_since(t).ok());
+        if age.is_none_or(|a| a <= STALE_TMP_AGE) {
+            young.insert(digest);
+        }
         out.insert(digest, size);
     }
-    Ok(out)
+    Ok((out, young))
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -703,7 +714,7 @@ fn usage_of(s: &Scan) -> Usage {
         } else if blob_refs.contains_key(d) {
             u.cache_layers.add(size, true);
         } else {
-            u.unreferenced_blobs.add(size, true);
+            u.unreferenced_blobs.add(size, !s.young_blobs.contains(d));
         }
     }
     for &size in s.snapshots.values() {
@@ -953,7 +964,9 @@ fn run_prune(
     let orphans: u64 = s
         .blobs
         .iter()
-        .filter(|(d, _)| !s.image_blobs.contains(d) && !blob_refs.contains_key(d))
+        .filter(|(d, _)| {
+            !s.image_blobs.contains(d) && !blob_refs.contains_key(d) && !s.young_blobs.contains(d)
+        })
         .map(|(_, size)| size)
         .chain(
             s.snapshots
@@ -1065,6 +1078,9 @@ fn run_prune(
     let mut reclaimed = 0;
     for (d, &size) in &s.blobs {
         if s.image_blobs.contains(d) || blob_refs.get(d).is_some_and(|&n| n > 0) {
+            continue;
+        }
+        if s.young_blobs.contains(d) && !freed_blobs.contains(d) {
             continue;
         }
         let path = store.blob_path(d);
@@ -1181,4 +1197,106 @@ fn remove_tree(store: &Store, path: &Path) -> Result<(), GcError> {
     fs::rename(path, &target).map_err(io_err("move away", path))?;
     let doomed_path = doomed.path().to_path_buf();
     doomed.close().map_err(io_err("remove", &doomed_path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_decimal_and_binary_units() {
+        for (input, bytes) in [
+            ("4096", 4096),
+            ("512MB", 512_000_000),
+            ("1.5GB", 1_500_000_000),
+            ("2GiB", 2 << 30),
+            ("100k", 100_000),
+            ("10kb", 10_000),
+            ("3 MiB", 3 << 20),
+            ("20gb", 20_000_000_000),
+            ("1TB", 1_000_000_000_000),
+            ("0", 0),
+        ] {
+            assert_eq!(parse_size(input), Ok(bytes), "{input}");
+        }
+        for bad in ["", "GB", "5XB", "1.2.3GB", "-1GB", "1e9"] {
+            let err = parse_size(bad).unwrap_err().to_string();
+            assert!(err.contains(&format!("{bad:?}")), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn durations_parse_like_go_and_docker() {
+        for (input, secs) in [
+            ("30m", 1800.0),
+            ("24h", 86400.0),
+            ("7d", 604800.0),
+            ("1h30m", 5400.0),
+            ("90s", 90.0),
+            ("1.5h", 5400.0),
+            ("2w", 1_209_600.0),
+            ("500ms", 0.5),
+        ] {
+            assert_eq!(
+                parse_duration(input),
+                Ok(Duration::from_secs_f64(secs)),
+                "{input}"
+            );
+        }
+        for bad in ["", "24", "h", "5y", "1h30", "-1h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn human_sizes_look_like_docker() {
+        for (bytes, text) in [
+            (0, "0B"),
+            (512, "512B"),
+            (999, "999B"),
+            (1000, "1kB"),
+            (4096, "4.1kB"),
+            (12_345_678, "12.3MB"),
+            (1_200_000_000, "1.2GB"),
+            (123_456_789_012, "123GB"),
+            (999_999_999, "1GB"),
+        ] {
+            assert_eq!(human_size(bytes), text, "{bytes}");
+        }
+    }
+
+    #[test]
+    fn cap_comes_from_the_config_file_or_defaults() {
+        if std::env::var_os(ENV_KEEP_STORAGE).is_some() {
+            eprintln!("skipped: {ENV_KEEP_STORAGE} is set in this environment");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (cap, source) = configured_cap(&store).unwrap();
+        assert_eq!(source, CapSource::Default);
+        let cap = cap.unwrap();
+        assert!(cap > 0 && cap <= DEFAULT_CAP, "{cap}");
+        let config = dir.path().join("config.json");
+        for (text, want) in [
+            (r#"{"gc":{"keepStorage":"5GB"}}"#, Some(5_000_000_000)),
+            (r#"{"gc":{"keepStorage":1000}}"#, Some(1000)),
+            (r#"{"gc":{"keepStorage":"off"}}"#, None),
+            (r#"{"gc":{"keepStorage":"0"}}"#, None),
+        ] {
+            fs::write(&config, text).unwrap();
+            assert_eq!(
+                configured_cap(&store).unwrap(),
+                (want, CapSource::ConfigFile),
+                "{text}"
+            );
+        }
+        fs::write(&config, r#"{"other":1}"#).unwrap();
+        assert_eq!(configured_cap(&store).unwrap().1, CapSource::Default);
+        fs::write(&config, r#"{"gc":{"keepStorage":"5XB"}}"#).unwrap();
+        let err = configured_cap(&store).unwrap_err();
+        assert!(err.to_string().contains("config.json"), "{err}");
+        let chain = std::error::Error::source(&err).unwrap().to_string();
+        assert!(chain.contains("5XB"), "{chain}");
+    }
 }
