@@ -1,0 +1,563 @@
+//! The build cache and the parallel scheduler with a fake executor that
+//! counts runs: cached rebuilds run nothing, a change re-runs exactly the
+//! steps that depend on it, misses are explained, independent branches run
+//! at once (and one at a time with `jobs = 1`), identical steps run once,
+//! and the first failure cancels the rest. COPY is real. Creating a step's
+//! scratch space needs root, so without it the tests print why and pass,
+//! unless `CI` is set.
+
+#![allow(clippy::result_large_err)]
+
+use std::fs;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use cache::store::Store;
+use solver::sandbox::{
+    CancelHandle, Executor, RunOutcome, RunSpec, SandboxError, StepIo, Termination,
+};
+use solver::{BuildError, BuildRequest, BuildResult, Progress, ProgressEvent, build_with};
+
+macro_rules! require_root {
+    () => {
+        if !nix::unistd::geteuid().is_root() {
+            if std::env::var_os("CI").is_some() {
+                panic!("solve cache tests need root in CI");
+            }
+            eprintln!("skipping: the step scratch space needs root");
+            return;
+        }
+    };
+}
+
+/// How long a fake step waits for something another step must do before
+/// it fails the test.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Runs nothing: writes the command into `/out-<command words>` of the
+/// upperdir and records it. Commands containing:
+/// - `fail`: exit 1;
+/// - `block`: wait until the build is cancelled (then `Cancelled`);
+/// - `meet`: wait until two `meet` steps run at the same time;
+/// - `slow`: take 50 ms.
+#[derive(Default)]
+struct FakeExecutor {
+    runs: Mutex<Vec<String>>,
+    running: AtomicUsize,
+    max_running: AtomicUsize,
+    met: (Mutex<usize>, Condvar),
+    cancelled_seen: AtomicUsize,
+}
+
+impl FakeExecutor {
+    fn runs(&self) -> Vec<String> {
+        self.runs.lock().unwrap().clone()
+    }
+
+    fn step(&self, command: &str, cancel: &CancelHandle) -> Result<i32, SandboxError> {
+        if command.contains("block") {
+            let start = Instant::now();
+            while !cancel.is_cancelled() {
+                if start.elapsed() > PATIENCE {
+                    return Ok(99);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            self.cancelled_seen.fetch_add(1, Ordering::SeqCst);
+            return Err(SandboxError::Cancelled);
+        }
+        if command.contains("meet") {
+            let (count, cv) = &self.met;
+            let mut n = count.lock().unwrap();
+            *n += 1;
+            cv.notify_all();
+            let (n, timeout) = cv.wait_timeout_while(n, PATIENCE, |n| *n < 2).unwrap();
+            drop(n);
+            if timeout.timed_out() {
+                return Ok(98);
+            }
+        }
+        if command.contains("slow") {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(if command.contains("fail") { 1 } else { 0 })
+    }
+}
+
+impl Executor for FakeExecutor {
+    fn run(
+        &self,
+        spec: &RunSpec,
+        _io: StepIo<'_>,
+        cancel: &CancelHandle,
+    ) -> Result<RunOutcome, SandboxError> {
+        if cancel.is_cancelled() {
+            return Err(SandboxError::Cancelled);
+        }
+        for lower in &spec.rootfs.lowerdirs {
+            assert!(lower.is_dir(), "lowerdir {} is missing", lower.display());
+        }
+        let command = spec.argv.last().cloned().unwrap_or_default();
+        self.runs.lock().unwrap().push(command.clone());
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_running.fetch_max(now, Ordering::SeqCst);
+        let code = self.step(&command, cancel);
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        let code = code?;
+        let name = command.replace(' ', "-");
+        fs::write(spec.rootfs.upperdir.join(format!("out-{name}")), &command).unwrap();
+        Ok(RunOutcome {
+            termination: Termination::Exited(code),
+            elapsed: Duration::ZERO,
+        })
+    }
+}
+
+#[derive(Default)]
+struct Recorder(Mutex<Vec<ProgressEvent>>);
+
+impl Recorder {
+    fn misses(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|e| match e {
+                ProgressEvent::CacheMiss { reason, .. } => Some(reason.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+impl Progress for Recorder {
+    fn event(&self, event: &ProgressEvent) {
+        self.0.lock().unwrap().push(event.clone());
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: Store,
+    context: PathBuf,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let parent = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("solve_cache");
+        fs::create_dir_all(&parent).unwrap();
+        let dir = tempfile::tempdir_in(&parent).unwrap();
+        let store = Store::open(dir.path().join("root")).unwrap();
+        let context = dir.path().join("context");
+        fs::create_dir(&context).unwrap();
+        Self {
+            _dir: dir,
+            store,
+            context,
+        }
+    }
+
+    fn request(&self, dockerfile: &str) -> BuildRequest {
+        let mut req = BuildRequest::new(dockerfile, "Dockerfile", &self.context);
+        req.source_date_epoch = Some(0);
+        req
+    }
+
+    fn build(
+        &self,
+        req: &BuildRequest,
+        executor: &FakeExecutor,
+        progress: &dyn Progress,
+    ) -> Result<BuildResult, BuildError> {
+        build_with(&self.store, req, executor, progress, &CancelHandle::new())
+    }
+
+    fn write(&self, name: &str, content: &str) {
+        fs::write(self.context.join(name), content).unwrap();
+    }
+}
+
+/// The `RUN`/`COPY`… part of the descriptions of the steps that ran.
+fn ran(result: &BuildResult) -> Vec<String> {
+    result
+        .stats
+        .executed_steps
+        .iter()
+        .map(|d| d.split_once("] ").map_or(d.as_str(), |(_, s)| s).to_owned())
+        .collect()
+}
+
+const FOUR_STEPS: &str = "FROM scratch\n\
+                          COPY a.txt /a.txt\n\
+                          RUN after-a\n\
+                          COPY b.txt /b.txt\n\
+                          RUN after-b\n";
+
+#[test]
+fn a_cached_rebuild_runs_nothing() {
+    require_root!();
+    let f = Fixture::new();
+    f.write("a.txt", "a");
+    f.write("b.txt", "b");
+    let req = f.request(FOUR_STEPS);
+    let exec = FakeExecutor::default();
+    let first = f.build(&req, &exec, &solver::NoProgress).unwrap();
+    assert_eq!(exec.runs(), ["after-a", "after-b"]);
+    assert_eq!(
+        ran(&first),
+        [
+            "COPY a.txt /a.txt",
+            "RUN after-a",
+            "COPY b.txt /b.txt",
+            "RUN after-b"
+        ]
+    );
+    assert_eq!(first.stats.hits, 0);
+
+    let exec = FakeExecutor::default();
+    let progress = Recorder::default();
+    let second = f.build(&req, &exec, &progress).unwrap();
+    assert!(exec.runs().is_empty(), "{:?}", exec.runs());
+    assert!(second.stats.executed.is_empty(), "{:?}", second.stats);
+    // Only the target is looked up: a hit needs nothing below it.
+    assert_eq!(second.stats.lookups, 1);
+    assert_eq!(second.stats.hits, 1);
+    assert_eq!(second.manifest_digest, first.manifest_digest);
+    let events = progress.0.lock().unwrap();
+    assert!(
+        events
+            .iter()
+            .all(|e| matches!(e, ProgressEvent::StepCached { .. })),
+        "{events:?}"
+    );
+    assert_eq!(events.len(), 1);
+}
+
+#[test]
+fn a_changed_file_reruns_exactly_the_steps_after_it_and_says_why() {
+    require_root!();
+    let f = Fixture::new();
+    f.write("a.txt", "a");
+    f.write("b.txt", "b");
+    let req = f.request(FOUR_STEPS);
+    f.build(&req, &FakeExecutor::default(), &solver::NoProgress)
+        .unwrap();
+
+    f.write("b.txt", "changed");
+    let exec = FakeExecutor::default();
+    let progress = Recorder::default();
+    let result = f.build(&req, &exec, &progress).unwrap();
+    assert_eq!(exec.runs(), ["after-b"]);
+    assert_eq!(ran(&result), ["COPY b.txt /b.txt", "RUN after-b"]);
+    assert_eq!(progress.misses(), ["COPY b.txt /b.txt: b.txt changed"]);
+    // The earlier steps' snapshots were reused, not rebuilt.
+    let config: serde_json::Value = serde_json::from_slice(&result.config).unwrap();
+    assert_eq!(config["rootfs"]["diff_ids"].as_array().unwrap().len(), 4);
+
+    f.write("a.txt", "changed too");
+    let exec = FakeExecutor::default();
+    let progress = Recorder::default();
+    let result = f.build(&req, &exec, &progress).unwrap();
+    assert_eq!(exec.runs(), ["after-a", "after-b"]);
+    assert_eq!(ran(&result).len(), 4);
+    // Only the root cause is explained, not the steps after it.
+    assert_eq!(progress.misses(), ["COPY a.txt /a.txt: a.txt changed"]);
+}
+
+#[test]
+fn files_a_copy_does_not_select_do_not_matter() {
+    require_root!();
+    let f = Fixture::new();
+    f.write("a.txt", "a");
+    f.write("b.txt", "b");
+    f.write("unused.txt", "x");
+    let req = f.request(FOUR_STEPS);
+    f.build(&req, &FakeExecutor::default(), &solver::NoProgress)
+        .unwrap();
+    f.write("unused.txt", "y");
+    let exec = FakeExecutor::default();
+    let result = f.build(&req, &exec, &solver::NoProgress).unwrap();
+    assert!(exec.runs().is_empty(), "{:?}", exec.runs());
+    assert!(result.stats.executed.is_empty());
+}
+
+#[test]
+fn a_changed_build_arg_reruns_only_the_steps_that_see_it() {
+    require_root!();
+    let f = Fixture::new();
+    let dockerfile = "FROM scratch AS other\n\
+                      RUN other\n\
+                      FROM scratch\n\
+                      RUN before\n\
+                      ARG VERSION=1\n\
+                      RUN uses\n\
+                      COPY --from=other /out-other /other/\n";
+    let req = f.request(dockerfile);
+    f.build(&req, &FakeExecutor::default(), &solver::NoProgress)
+        .unwrap();
+
+    let mut changed = req.clone();
+    changed
+        .options
+        .build_args
+        .insert("VERSION".into(), "2".into());
+    let exec = FakeExecutor::default();
+    let progress = Recorder::default();
+    let result = f.build(&changed, &exec, &progress).unwrap();
+    assert_eq!(exec.runs(), ["uses"]);
+    assert_eq!(
+        ran(&result),
+        ["RUN uses", "COPY --from=other /out-other /other/"]
+    );
+    assert_eq!(progress.misses(), ["RUN uses: build arg VERSION changed"]);
+
+    // An unused build arg and a proxy variable change nothing.
+    let mut unused = changed.clone();
+    unused.options.build_args.insert("OTHER".into(), "x".into());
+    unused
+        .options
+        .build_args
+        .insert("HTTP_PROXY".into(), "http://proxy:3128".into());
+    let exec = FakeExecutor::default();
+    f.build(&unused, &exec, &solver::NoProgress).unwrap();
+    assert!(exec.runs().is_empty(), "{:?}", exec.runs());
+}
+
+#[test]
+fn a_changed_command_is_explained() {
+    require_root!();
+    let f = Fixture::new();
+    f.build(
+        &f.request("FROM scratch\nRUN one\nRUN two\n"),
+        &FakeExecutor::default(),
+        &solver::NoProgress,
+    )
+    .unwrap();
+    let exec = FakeExecutor::default();
+    let progress = Recorder::default();
+    f.build(
+        &f.request("FROM scratch\nRUN one\nRUN three\n"),
+        &exec,
+        &progress,
+    )
+    .unwrap();
+    assert_eq!(exec.runs(), ["three"]);
+    assert_eq!(progress.misses(), ["RUN three: command changed"]);
+}
+
+#[test]
+fn no_cache_reruns_everything_and_still_stores() {
+    require_root!();
+    let f = Fixture::new();
+    let req = f.request("FROM scratch\nRUN one\nWORKDIR /w\nRUN two\n");
+    f.build(&req, &FakeExecutor::default(), &solver::NoProgress)
+        .unwrap();
+    let mut no_cache = req.clone();
+    no_cache.no_cache = true;
+    let exec = FakeExecutor::default();
+    let progress = Recorder::default();
+    let result = f.build(&no_cache, &exec, &progress).unwrap();
+    assert_eq!(exec.runs(), ["one", "two"]);
+    assert_eq!(result.stats.lookups, 0);
+    assert_eq!(ran(&result), ["RUN one", "WORKDIR /w", "RUN two"]);
+    assert!(progress.misses().is_empty());
+    // What it stored serves the next build.
+    let exec = FakeExecutor::default();
+    let again = f.build(&req, &exec, &solver::NoProgress).unwrap();
+    assert!(exec.runs().is_empty());
+    assert_eq!(again.manifest_digest, result.manifest_digest);
+}
+
+#[test]
+fn removed_snapshots_are_recreated_from_the_blobs() {
+    require_root!();
+    let f = Fixture::new();
+    f.write("a.txt", "a");
+    f.write("b.txt", "b");
+    let req = f.request(FOUR_STEPS);
+    f.build(&req, &FakeExecutor::default(), &solver::NoProgress)
+        .unwrap();
+    let snapshots = f.store.root().join("snapshots");
+    for entry in fs::read_dir(&snapshots).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            fs::remove_dir_all(&path).unwrap();
+        }
+    }
+    // The last RUN misses; the FakeExecutor checks its lowerdirs exist.
+    let mut changed = f.request(&FOUR_STEPS.replace("RUN after-b", "RUN after-b2"));
+    changed.source_date_epoch = Some(0);
+    let exec = FakeExecutor::default();
+    let result = f.build(&changed, &exec, &solver::NoProgress).unwrap();
+    assert_eq!(exec.runs(), ["after-b2"]);
+    assert_eq!(ran(&result), ["RUN after-b2"]);
+}
+
+#[test]
+fn identical_steps_in_two_stages_run_once() {
+    require_root!();
+    let f = Fixture::new();
+    let req = f.request(
+        "FROM scratch AS a\n\
+         RUN same\n\
+         RUN only-a\n\
+         FROM scratch AS b\n\
+         RUN same\n\
+         RUN only-b\n\
+         FROM scratch\n\
+         COPY --from=a /out-only-a /a/\n\
+         COPY --from=b /out-only-b /b/\n",
+    );
+    let exec = FakeExecutor::default();
+    let result = f.build(&req, &exec, &solver::NoProgress).unwrap();
+    let mut runs = exec.runs();
+    runs.sort();
+    assert_eq!(runs, ["only-a", "only-b", "same"]);
+    assert!(!result.stats.cached.is_empty(), "{:?}", result.stats);
+}
+
+const TWO_BRANCHES: &str = "FROM scratch AS a\n\
+                            RUN {a}\n\
+                            FROM scratch AS b\n\
+                            RUN {b}\n\
+                            FROM scratch\n\
+                            COPY --from=a /out-{fa} /a/\n\
+                            COPY --from=b /out-{fb} /b/\n";
+
+fn two_branches(a: &str, b: &str) -> String {
+    TWO_BRANCHES
+        .replace("{a}", a)
+        .replace("{b}", b)
+        .replace("{fa}", &a.replace(' ', "-"))
+        .replace("{fb}", &b.replace(' ', "-"))
+}
+
+#[test]
+fn independent_branches_run_at_once() {
+    require_root!();
+    let f = Fixture::new();
+    let exec = FakeExecutor::default();
+    // Each `meet` step waits for the other to have started: this only
+    // passes if both run at the same time.
+    let result = f
+        .build(
+            &f.request(&two_branches("meet a", "meet b")),
+            &exec,
+            &solver::NoProgress,
+        )
+        .unwrap();
+    assert_eq!(exec.max_running.load(Ordering::SeqCst), 2);
+    assert_eq!(ran(&result).len(), 4);
+}
+
+#[test]
+fn one_job_runs_one_step_at_a_time() {
+    require_root!();
+    let f = Fixture::new();
+    let exec = FakeExecutor::default();
+    let mut req = f.request(&two_branches("slow a", "slow b"));
+    req.jobs = Some(1);
+    f.build(&req, &exec, &solver::NoProgress).unwrap();
+    assert_eq!(exec.runs().len(), 2);
+    assert_eq!(exec.max_running.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn the_first_failure_cancels_the_rest_and_is_the_error() {
+    require_root!();
+    let f = Fixture::new();
+    let exec = FakeExecutor::default();
+    let progress = Recorder::default();
+    let cancel = CancelHandle::new();
+    let err = build_with(
+        &f.store,
+        &f.request(&two_branches("block a", "fail now")),
+        &exec,
+        &progress,
+        &cancel,
+    )
+    .unwrap_err();
+    let BuildError::StepFailed {
+        description,
+        exit_code,
+        ..
+    } = &err
+    else {
+        panic!("{err:?}");
+    };
+    assert!(description.ends_with("RUN fail now"), "{description}");
+    assert_eq!(*exit_code, 1);
+    assert_eq!(exec.cancelled_seen.load(Ordering::SeqCst), 1);
+    // Neither final COPY ran.
+    let events = progress.0.lock().unwrap();
+    assert!(
+        !events.iter().any(|e| matches!(
+            e,
+            ProgressEvent::StepStarted { description, .. } if description.contains("COPY")
+        )),
+        "{events:?}"
+    );
+    let tmp = fs::read_dir(f.store.root().join("tmp")).unwrap().count();
+    assert_eq!(tmp, 0, "scratch space left behind");
+}
+
+#[test]
+fn cancelling_from_outside_ends_the_build() {
+    require_root!();
+    let f = Fixture::new();
+    let exec = FakeExecutor::default();
+    let cancel = CancelHandle::new();
+    let err = std::thread::scope(|s| {
+        let build = s.spawn(|| {
+            build_with(
+                &f.store,
+                &f.request(&two_branches("block a", "block b")),
+                &exec,
+                &solver::NoProgress,
+                &cancel,
+            )
+        });
+        let start = Instant::now();
+        while exec.running.load(Ordering::SeqCst) < 2 {
+            assert!(start.elapsed() < PATIENCE, "the steps never started");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        cancel.cancel();
+        build.join().unwrap()
+    })
+    .unwrap_err();
+    assert!(matches!(err, BuildError::Cancelled), "{err:?}");
+    assert_eq!(exec.cancelled_seen.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn progress_is_coherent_per_step() {
+    require_root!();
+    let f = Fixture::new();
+    let exec = FakeExecutor::default();
+    let progress = Recorder::default();
+    f.build(
+        &f.request(&two_branches("meet a", "meet b")),
+        &exec,
+        &progress,
+    )
+    .unwrap();
+    let events = progress.0.lock().unwrap();
+    let mut open = std::collections::HashSet::new();
+    let mut done = 0;
+    for event in events.iter() {
+        match event {
+            ProgressEvent::StepStarted { vertex, .. } => assert!(open.insert(*vertex)),
+            ProgressEvent::Log { vertex, .. } => assert!(open.contains(vertex)),
+            ProgressEvent::StepDone { vertex, .. } => {
+                assert!(open.remove(vertex), "{event:?} without a start");
+                done += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(open.is_empty());
+    assert_eq!(done, 4);
+}
