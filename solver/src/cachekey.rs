@@ -37,9 +37,8 @@ use frontend::graph::{
 };
 use sha2::{Digest as _, Sha256};
 
+use crate::context_hash::{ContextHashError, ContextHasher, ContextSum, Selection};
 use crate::solve::BuildRequest;
-use context_fallback as context_hash;
-use context_hash::{ContextHasher, ContextSum, Selection};
 
 /// The version of the key scheme; changing how anything is keyed must
 /// change it, so that old records are never matched by new keys.
@@ -168,7 +167,7 @@ impl KeyBuilder {
 pub struct KeyError {
     pub vertex: VertexId,
     #[source]
-    pub source: context_hash::ContextHashError,
+    pub source: ContextHashError,
 }
 
 /// Computes keys vertex by vertex; inputs must be computed first.
@@ -565,130 +564,5 @@ mod tests {
         again.add_str("one", "1");
         again.add_str("two", "2");
         assert_eq!(again.finish().digest, a.digest);
-    }
-}
-
-/// Stand-in for H2's `crate::context_hash` until it lands, with the agreed
-/// API: walks the selected subtrees (a wildcard selects its directory) and
-/// hashes names, modes, owners, link targets and contents. It reads every
-/// file every time and ignores `.dockerignore` (so it may miss more often
-/// than needed, never less).
-#[allow(unreachable_pub)]
-mod context_fallback {
-    use std::fs;
-    use std::os::unix::fs::MetadataExt;
-    use std::path::Path;
-
-    use cache::Digest;
-    use cache::store::Store;
-    use frontend::dockerignore::PatternMatcher;
-
-    use super::hash_fields;
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("cannot read {path}")]
-    pub struct ContextHashError {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    }
-
-    pub struct ContextHasher {
-        dir: std::path::PathBuf,
-    }
-
-    pub struct Selection<'a> {
-        pub paths: Vec<&'a str>,
-        pub exclude: &'a [String],
-    }
-
-    pub struct ContextSum {
-        pub digest: Digest,
-        pub entries: Vec<(String, Digest)>,
-    }
-
-    impl ContextHasher {
-        pub fn new(
-            _store: &Store,
-            dir: &Path,
-            _ignore: Option<&PatternMatcher>,
-        ) -> Result<Self, ContextHashError> {
-            Ok(ContextHasher {
-                dir: dir.to_path_buf(),
-            })
-        }
-
-        pub fn checksum(&self, sel: &Selection<'_>) -> Result<ContextSum, ContextHashError> {
-            let mut entries = Vec::new();
-            for path in &sel.paths {
-                let rel = path.trim_start_matches('/');
-                let rel = match rel.find(['*', '?', '[']) {
-                    Some(i) => rel[..i].rsplit_once('/').map_or("", |(d, _)| d),
-                    None => rel,
-                };
-                let start = self.dir.join(rel);
-                if fs::symlink_metadata(&start).is_err() {
-                    entries.push((format!("{rel} (missing)"), Digest::of(b"missing")));
-                    continue;
-                }
-                self.walk(&start, rel, &mut entries)?;
-            }
-            entries.sort();
-            entries.dedup();
-            let mut fields: Vec<&[u8]> = Vec::new();
-            for (p, d) in &entries {
-                fields.push(p.as_bytes());
-                fields.push(d.as_bytes());
-            }
-            let excl: Vec<&[u8]> = sel.exclude.iter().map(|e| e.as_bytes()).collect();
-            fields.extend(excl);
-            Ok(ContextSum {
-                digest: hash_fields(&fields),
-                entries,
-            })
-        }
-
-        fn walk(
-            &self,
-            path: &Path,
-            rel: &str,
-            out: &mut Vec<(String, Digest)>,
-        ) -> Result<(), ContextHashError> {
-            let err = |source| ContextHashError {
-                path: path.display().to_string(),
-                source,
-            };
-            let meta = fs::symlink_metadata(path).map_err(err)?;
-            let head = format!("{:o} {} {}", meta.mode(), meta.uid(), meta.gid());
-            let content = if meta.is_file() {
-                fs::read(path).map_err(err)?
-            } else if meta.file_type().is_symlink() {
-                fs::read_link(path)
-                    .map_err(err)?
-                    .into_os_string()
-                    .into_encoded_bytes()
-            } else {
-                Vec::new()
-            };
-            out.push((rel.to_owned(), hash_fields(&[head.as_bytes(), &content])));
-            if meta.is_dir() {
-                for entry in fs::read_dir(path).map_err(err)? {
-                    let entry = entry.map_err(err)?;
-                    let name = entry.file_name();
-                    let name = name.to_string_lossy();
-                    let child = if rel.is_empty() {
-                        name.into_owned()
-                    } else {
-                        format!("{rel}/{name}")
-                    };
-                    self.walk(&entry.path(), &child, out)?;
-                }
-            }
-            Ok(())
-        }
-
-        pub fn save(&self) -> Result<(), ContextHashError> {
-            Ok(())
-        }
     }
 }
