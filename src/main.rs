@@ -52,6 +52,10 @@ pub(crate) enum Command {
     Run(cmd::run::RunArgs),
     /// Build an image from a Dockerfile.
     Build(cmd::build::BuildArgs),
+    /// Show the disk space used by images, build cache and cache mounts.
+    Du(cmd::du::DuArgs),
+    /// Remove build cache (images and what they need are kept).
+    Prune(cmd::prune::PruneArgs),
 }
 
 fn main() -> ExitCode {
@@ -66,6 +70,8 @@ fn main() -> ExitCode {
         Command::Save(a) => cmd::save::run(&cli.root, a),
         Command::Run(a) => cmd::run::run(&cli.root, a),
         Command::Build(a) => cmd::build::run(&cli.root, a),
+        Command::Du(a) => cmd::du::run(&cli.root, a),
+        Command::Prune(a) => cmd::prune::run(&cli.root, a),
     };
     match result {
         Ok(code) => code,

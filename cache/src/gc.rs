@@ -294,6 +294,8 @@ fn parse_cap(s: &str) -> Result<Option<u64>, ParseSizeError> {
 pub fn default_cap(root: &Path) -> u64 {
     match nix::sys::statvfs::statvfs(root) {
         Ok(st) => {
+            // The field types differ between platforms.
+            #[allow(clippy::unnecessary_cast)]
             let fs_size = (st.blocks() as u64).saturating_mul(st.fragment_size() as u64);
             DEFAULT_CAP.min(fs_size / 100 * DEFAULT_CAP_PERCENT)
         }
@@ -362,8 +364,8 @@ struct Scan {
     image_diff_ids: HashSet<Digest>,
     blobs: BTreeMap<Digest, u64>,
     /// Blobs written within the last hour: when nothing names them they
-    /// may belong to a `load` or a build export that has not named them
-    /// yet, so they are not removed as unreferenced.
+    /// may belong to a `load` or `pull` that has not named them yet, so
+    /// only `--all` removes them as unreferenced.
     young_blobs: HashSet<Digest>,
     snapshots: BTreeMap<Digest, u64>,
     records: Vec<RecordEntry>,
@@ -714,7 +716,7 @@ fn usage_of(s: &Scan) -> Usage {
         } else if blob_refs.contains_key(d) {
             u.cache_layers.add(size, true);
         } else {
-            u.unreferenced_blobs.add(size, !s.young_blobs.contains(d));
+            u.unreferenced_blobs.add(size, true);
         }
     }
     for &size in s.snapshots.values() {
@@ -750,7 +752,7 @@ fn usage_of(s: &Scan) -> Usage {
         });
     }
     u.record_details
-        .sort_by(|a, b| b.last_used.cmp(&a.last_used));
+        .sort_by_key(|r| std::cmp::Reverse(r.last_used));
     for n in &s.notes {
         u.records.size += n.size;
         u.records.reclaimable += n.size;
@@ -782,9 +784,11 @@ fn record_refs(r: &CacheRecord) -> Vec<(Digest, Digest)> {
 /// What to remove; see `builder prune --help`.
 #[derive(Debug, Clone, Default)]
 pub struct PruneOptions {
-    /// Remove all build cache, cache mounts, context caches and notes
-    /// included; without it those are only removed when they are older than
-    /// `until` or while over `keep_storage`.
+    /// Remove all build cache, cache mounts, context caches, notes, image
+    /// snapshots and unreferenced blobs of the last hour included; without
+    /// it mounts, context caches and notes are only removed when older than
+    /// `until` or while over `keep_storage`, and young unreferenced blobs
+    /// (maybe of a `load` in progress) stay.
     pub all: bool,
     /// Remove least recently used cache only until the build cache is at
     /// most this big.
@@ -965,7 +969,9 @@ fn run_prune(
         .blobs
         .iter()
         .filter(|(d, _)| {
-            !s.image_blobs.contains(d) && !blob_refs.contains_key(d) && !s.young_blobs.contains(d)
+            !s.image_blobs.contains(d)
+                && !blob_refs.contains_key(d)
+                && (opts.all || !s.young_blobs.contains(d))
         })
         .map(|(_, size)| size)
         .chain(
@@ -1080,7 +1086,7 @@ fn run_prune(
         if s.image_blobs.contains(d) || blob_refs.get(d).is_some_and(|&n| n > 0) {
             continue;
         }
-        if s.young_blobs.contains(d) && !freed_blobs.contains(d) {
+        if !opts.all && s.young_blobs.contains(d) && !freed_blobs.contains(d) {
             continue;
         }
         let path = store.blob_path(d);

@@ -150,6 +150,8 @@ pub(crate) fn run(root: &Path, args: BuildArgs) -> anyhow::Result<ExitCode> {
 
     let images = super::images::open(root)?;
     let progress = Renderer::new(mode, Box::new(io::stderr()));
+    // Until the result is named: prune must not take its blobs before that.
+    let gc_hold = images.store().lock_shared(cache::gc::GC_LOCK)?;
     let built = solver::build(images.store(), &request, &progress, &signals.cancel);
     let result = match built {
         Ok(result) if !signals.cancel.is_cancelled() => result,
@@ -171,6 +173,8 @@ pub(crate) fn run(root: &Path, args: BuildArgs) -> anyhow::Result<ExitCode> {
         return Err(err);
     }
     print_warnings(&progress, &shown, &result);
+    drop(gc_hold);
+    super::prune::auto(images.store(), &progress);
     progress.summary(true);
     if args.quiet && !outputs.stdout_taken {
         println!("{}", result.config_digest);

@@ -2,10 +2,12 @@
 
 pub(crate) mod build;
 pub(crate) mod debug;
+pub(crate) mod du;
 pub(crate) mod images;
 pub(crate) mod inspect;
 pub(crate) mod load;
 pub(crate) mod progress;
+pub(crate) mod prune;
 pub(crate) mod rmi;
 pub(crate) mod run;
 pub(crate) mod save;

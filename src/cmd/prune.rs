@@ -1,0 +1,137 @@
+//! `builder prune`: remove build cache, as `docker buildx prune` does; and
+//! the automatic size cap that `builder build` applies after each build.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use cache::gc::{self, AutoPrune, PruneOptions, PruneReport, human_size};
+use cache::store::Store;
+use clap::Args;
+
+use super::du::{ago, print_table};
+use super::progress::Renderer;
+
+#[derive(Args, Debug)]
+pub(crate) struct PruneArgs {
+    /// Remove all build cache: also cache mounts, context caches and the
+    /// snapshots of image layers (images themselves are kept).
+    #[arg(short, long)]
+    all: bool,
+    /// Remove least recently used cache only until the build cache is at
+    /// most this big (512MB, 1.5GB, 2GiB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    keep_storage: Option<u64>,
+    /// Filter: `until=DURATION` keeps what was used within that long
+    /// (30m, 24h, 7d, 1h30m).
+    #[arg(long, value_name = "FILTER", value_parser = parse_filter)]
+    filter: Vec<Duration>,
+    /// Do not prompt for confirmation (builder never prompts; accepted for
+    /// docker compatibility).
+    #[arg(short, long)]
+    force: bool,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    gc::parse_size(s).map_err(|e| e.to_string())
+}
+
+/// `until=DUR` (BuildKit also calls it `unused-for`).
+fn parse_filter(s: &str) -> Result<Duration, String> {
+    let (key, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("invalid filter {s:?}: expected until=DURATION"))?;
+    match key.trim() {
+        "until" | "unused-for" | "unused_for" => {
+            gc::parse_duration(value).map_err(|e| e.to_string())
+        }
+        other => Err(format!(
+            "unsupported filter {other:?}: only until=DURATION is supported"
+        )),
+    }
+}
+
+pub(crate) fn run(root: &Path, args: PruneArgs) -> anyhow::Result<ExitCode> {
+    let _ = args.force;
+    let images = super::images::open(root)?;
+    let store = images.store();
+    let opts = PruneOptions {
+        all: args.all,
+        keep_storage: args.keep_storage,
+        // Several until filters: the longest protects most, as a user giving
+        // them would expect nothing recent to go.
+        until: args.filter.iter().max().copied(),
+    };
+    let lock = match gc::try_lock(store)? {
+        Some(lock) => lock,
+        None => {
+            eprintln!("waiting for running builds to finish...");
+            gc::lock(store)?
+        }
+    };
+    let report = gc::prune_locked(store, &lock, &opts).context("cannot prune the store")?;
+    drop(lock);
+    print_report(&report);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_report(report: &PruneReport) {
+    let now = SystemTime::now();
+    if !report.removed.is_empty() {
+        let mut table = vec![["TYPE", "ID", "SIZE", "LAST USED", "DESCRIPTION"].map(String::from)];
+        for r in &report.removed {
+            let id = match r.id.strip_prefix("sha256:") {
+                Some(hex) => hex[..12].to_string(),
+                None => r.id.clone(),
+            };
+            table.push([
+                r.kind.to_string(),
+                id,
+                human_size(r.size),
+                ago(now, r.last_used),
+                r.description.clone(),
+            ]);
+        }
+        print_table(&table);
+    }
+    for (what, c) in [
+        ("unreferenced blobs", report.blobs),
+        ("snapshots", report.snapshots),
+        ("temporary files", report.tmp),
+    ] {
+        if c.count > 0 {
+            println!("{what}: {} ({})", c.count, human_size(c.size));
+        }
+    }
+    if !report.held.is_empty() {
+        println!(
+            "kept {} snapshots that running containers hold",
+            report.held.len()
+        );
+    }
+    println!("Total: {}", human_size(report.reclaimed));
+}
+
+/// The automatic cap, after a build: prunes least recently used cache when
+/// the build cache is over it, shown as a step of the build. Never fails
+/// the build.
+pub(crate) fn auto(store: &Store, progress: &Renderer) {
+    match gc::auto_prune(store) {
+        Ok(AutoPrune::Pruned { cap, report }) => {
+            let step = progress.begin("pruning build cache");
+            progress.detail(
+                step,
+                &format!(
+                    "build cache over its {} limit: removed {} cache items, reclaimed {}",
+                    human_size(cap),
+                    report.removed.len(),
+                    human_size(report.reclaimed)
+                ),
+            );
+            progress.done(step);
+        }
+        Ok(_) => {}
+        Err(err) => progress.warning(&format!("automatic cache cleanup failed: {err:#}")),
+    }
+}
