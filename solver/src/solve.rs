@@ -2,13 +2,13 @@
 //! out.
 //!
 //! The Dockerfile is compiled with a resolver over the local image store,
-//! every base image the target needs is checked before anything runs, and
-//! then the vertices the target needs are run one after the other in
-//! topological order (vertex ids are one). Each op is an
-//! [`Operation`](crate::ops::Operation) over the results of its inputs, so
-//! a parallel scheduler can later run independent vertices at once without
-//! touching the ops. The result's config and manifest are stored as blobs
-//! but not tagged: naming and exporting are the caller's.
+//! every base image the target needs is checked before anything runs, the
+//! cache key of every needed vertex is computed ([`crate::cachekey`]), and
+//! the [scheduler](crate::scheduler) runs what the key index does not
+//! already hold, independent vertices at once. Each op is an
+//! [`Operation`](crate::ops::Operation) over the results of its inputs. The
+//! result's config and manifest are stored as blobs but not tagged: naming
+//! and exporting are the caller's.
 
 use std::collections::VecDeque;
 use std::fmt;

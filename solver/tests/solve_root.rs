@@ -788,3 +788,109 @@ fn insecure_steps_get_every_capability_when_allowed() {
         host
     );
 }
+
+#[test]
+fn a_cached_rebuild_runs_nothing_and_gives_the_same_image() {
+    require_root!();
+    let f = Fixture::new();
+    fs::write(f.context.join("input"), "from the context\n").unwrap();
+    // Random output shows whether a step ran again.
+    let dockerfile = "FROM busybox:test AS other\n\
+                      RUN head -c 16 /dev/urandom | od -x > /other\n\
+                      FROM busybox:test\n\
+                      COPY input /input\n\
+                      RUN head -c 16 /dev/urandom | od -x > /random\n\
+                      COPY --from=other /other /other\n\
+                      WORKDIR /w\n";
+    let mut req = f.request(dockerfile);
+    req.source_date_epoch = Some(1_700_000_000);
+    let first = Built::new(&f, f.build_request(&req).unwrap());
+    assert_eq!(
+        first.result.stats.executed.len(),
+        6,
+        "{:?}",
+        first.result.stats
+    );
+    let started = Instant::now();
+    let second = Built::new(&f, f.build_request(&req).unwrap());
+    eprintln!("cached rebuild in {:?}", started.elapsed());
+    assert!(
+        second.result.stats.executed.is_empty(),
+        "{:?}",
+        second.result.stats
+    );
+    assert_eq!(second.result.stats.hits, 1);
+    assert_eq!(second.result.manifest_digest, first.result.manifest_digest);
+    assert_eq!(second.read("/random"), first.read("/random"));
+
+    // A changed file re-runs the COPY and the steps after it (loading the
+    // base image for it), not `other`.
+    fs::write(f.context.join("input"), "changed\n").unwrap();
+    let third = Built::new(&f, f.build_request(&req).unwrap());
+    let ran: Vec<&str> = third
+        .result
+        .stats
+        .executed_steps
+        .iter()
+        .map(|d| d.split_once("] ").map_or(d.as_str(), |(_, step)| step))
+        // The base image, described with its digest, is loaded again.
+        .map(|d| {
+            if d.starts_with("FROM docker.io/library/busybox:test@") {
+                "FROM busybox:test"
+            } else {
+                d
+            }
+        })
+        .collect();
+    assert_eq!(
+        ran,
+        [
+            "FROM busybox:test",
+            "COPY input /input",
+            "RUN head -c 16 /dev/urandom | od -x > /random",
+            "COPY --from=other /other /other",
+            "WORKDIR /w"
+        ]
+    );
+    assert_eq!(third.read("/input"), "changed\n");
+    assert_eq!(third.read("/other"), first.read("/other"));
+    assert_ne!(third.read("/random"), first.read("/random"));
+    f.assert_clean();
+}
+
+#[test]
+fn cached_results_survive_removed_snapshots() {
+    require_root!();
+    let f = Fixture::new();
+    let first = f.build_ok(
+        "FROM busybox:test\n\
+         RUN head -c 16 /dev/urandom | od -x > /random\n",
+    );
+    // Every snapshot, the base image's too, goes; the blobs stay.
+    let snapshots = f.store.root().join("snapshots");
+    let mut removed = 0;
+    for entry in fs::read_dir(&snapshots).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            fs::remove_dir_all(&path).unwrap();
+            removed += 1;
+        }
+    }
+    assert_eq!(removed, 2);
+    // The cached step is the parent of a new one, which runs on snapshots
+    // unpacked again from the blobs.
+    let built = f.build_ok(
+        "FROM busybox:test\n\
+         RUN head -c 16 /dev/urandom | od -x > /random\n\
+         RUN cp /random /copy && ls /bin/busybox\n",
+    );
+    assert_eq!(
+        built.result.stats.executed.len(),
+        1,
+        "{:?}",
+        built.result.stats
+    );
+    assert_eq!(built.read("/copy"), first.read("/random"));
+    assert_eq!(built.read("/random"), first.read("/random"));
+    f.assert_clean();
+}
