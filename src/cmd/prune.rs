@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use cache::gc::{self, AutoPrune, PruneOptions, PruneReport, human_size};
+use cache::gc::{self, AutoPrune, Category, ItemKind, PruneOptions, PruneReport, human_size};
 use cache::store::Store;
 use clap::Args;
 
@@ -78,9 +78,12 @@ pub(crate) fn run(root: &Path, args: PruneArgs) -> anyhow::Result<ExitCode> {
 
 fn print_report(report: &PruneReport) {
     let now = SystemTime::now();
-    if !report.removed.is_empty() {
+    // Records and mounts one by one; notes and context caches, small and
+    // many, as a count.
+    let listed = |k: ItemKind| matches!(k, ItemKind::Record | ItemKind::Mount);
+    if report.removed.iter().any(|r| listed(r.kind)) {
         let mut table = vec![["TYPE", "ID", "SIZE", "LAST USED", "DESCRIPTION"].map(String::from)];
-        for r in &report.removed {
+        for r in report.removed.iter().filter(|r| listed(r.kind)) {
             let id = match r.id.strip_prefix("sha256:") {
                 Some(hex) => hex[..12].to_string(),
                 None => r.id.clone(),
@@ -95,7 +98,17 @@ fn print_report(report: &PruneReport) {
         }
         print_table(&table);
     }
+    let counted = |kind: ItemKind| {
+        let mut c = Category::default();
+        for r in report.removed.iter().filter(|r| r.kind == kind) {
+            c.count += 1;
+            c.size += r.size;
+        }
+        c
+    };
     for (what, c) in [
+        ("context caches", counted(ItemKind::ContextCache)),
+        ("miss notes", counted(ItemKind::Note)),
         ("unreferenced blobs", report.blobs),
         ("snapshots", report.snapshots),
         ("temporary files", report.tmp),

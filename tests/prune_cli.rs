@@ -1,0 +1,192 @@
+//! End to end: `builder du` and `builder prune` on a store that real builds
+//! filled, and the automatic cap after a build. Needs root, namespaces and
+//! overlayfs (see tests/common).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+
+use cache::gc::parse_size;
+use common::{TestRoot, sandbox_available};
+
+const DOCKERFILE: &str = "FROM busybox\n\
+    RUN echo one > /one\n\
+    COPY f /f\n\
+    RUN cat /f > /two\n";
+
+/// The (count, size) of a `builder du` row.
+fn du_row(du: &str, name: &str) -> (u64, u64) {
+    let line = du
+        .lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("no {name} row in\n{du}"));
+    let cells: Vec<&str> = line[name.len()..].split_whitespace().collect();
+    (cells[0].parse().unwrap(), parse_size(cells[1]).unwrap())
+}
+
+/// The size on a `Build cache:` or `Total:` line.
+fn du_total(du: &str, name: &str) -> u64 {
+    let line = du
+        .lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("no {name} line in\n{du}"));
+    parse_size(line[name.len()..].trim()).unwrap()
+}
+
+fn setup() -> Option<(TestRoot, std::path::PathBuf)> {
+    if !sandbox_available() {
+        return None;
+    }
+    let root = TestRoot::new();
+    root.busybox_image("busybox", serde_json::json!({}));
+    let ctx = root.context(&[("Dockerfile", DOCKERFILE), ("f", "two\n")]);
+    Some((root, ctx))
+}
+
+#[test]
+fn du_then_prune_keeps_images_runnable_and_rebuildable() {
+    let Some((root, ctx)) = setup() else { return };
+    root.build_ok(&ctx, &["-t", "app"]);
+
+    let du = root.ok(&["du"]);
+    assert_eq!(du_row(&du, "Images").0, 2, "{du}");
+    assert!(du_row(&du, "Images").1 > 0, "{du}");
+    assert_eq!(du_row(&du, "Cache records").0, 3, "{du}");
+    assert!(du_row(&du, "Snapshots").1 > 0, "{du}");
+    assert!(du_total(&du, "Build cache:") > 0, "{du}");
+    let verbose = root.ok(&["du", "--verbose"]);
+    assert!(verbose.contains("RUN cat /f > /two"), "{verbose}");
+
+    // Nothing was used over an hour ago, and the cache fits in 1 GB.
+    let out = root.ok(&["prune", "--filter", "until=1h"]);
+    assert!(out.ends_with("Total: 0B\n"), "{out}");
+    let out = root.ok(&["prune", "--keep-storage", "1GB", "-f"]);
+    assert!(out.ends_with("Total: 0B\n"), "{out}");
+    assert_eq!(du_row(&root.ok(&["du"]), "Cache records").0, 3);
+
+    let out = root.ok(&["prune"]);
+    assert!(out.contains("cache record"), "{out}");
+    assert!(out.contains("RUN echo one > /one"), "{out}");
+    let total = out.lines().last().unwrap();
+    assert!(
+        total.starts_with("Total: ") && total != "Total: 0B",
+        "{out}"
+    );
+    let du = root.ok(&["du"]);
+    assert_eq!(du_row(&du, "Cache records").0, 0, "{du}");
+    assert_eq!(du_row(&du, "Images").0, 2, "{du}");
+    root.check_store();
+    assert_eq!(
+        root.ok(&["run", "--rm", "app", "cat", "/one", "/two"]),
+        "one\ntwo\n"
+    );
+
+    // A rebuild runs the steps again and caches them again.
+    let first = root.build(&ctx, &["-t", "app"]);
+    assert!(first.status.success());
+    assert!(!common::stderr(&first).contains("CACHED"));
+    let second = root.build(&ctx, &["-t", "app"]);
+    assert!(second.status.success());
+    assert!(common::stderr(&second).contains("CACHED"));
+    assert_eq!(
+        root.ok(&["run", "--rm", "app", "cat", "/one", "/two"]),
+        "one\ntwo\n"
+    );
+
+    let out = root.ok(&["prune", "--all"]);
+    assert!(out.contains("snapshots: "), "{out}");
+    let du = root.ok(&["du"]);
+    for row in [
+        "Layers (cache only)",
+        "Layers (unreferenced)",
+        "Snapshots",
+        "Cache records",
+    ] {
+        assert_eq!(du_row(&du, row), (0, 0), "{row} in\n{du}");
+    }
+    assert!(du_total(&du, "Build cache:") < 64 * 1024, "{du}");
+    root.check_store();
+    // The snapshots come back from the image's blobs.
+    assert_eq!(
+        root.ok(&["run", "--rm", "app", "cat", "/one", "/two"]),
+        "one\ntwo\n"
+    );
+    root.build_ok(&ctx, &["-t", "app2"]);
+    assert_eq!(root.ok(&["run", "--rm", "app2", "cat", "/two"]), "two\n");
+}
+
+#[test]
+fn the_automatic_cap_prunes_after_a_build() {
+    let Some((root, ctx)) = setup() else { return };
+    let mut c = root.builder();
+    c.env("BUILDER_GC_KEEP_STORAGE", "1B")
+        .args(["build", "--progress=plain", "-t", "app"])
+        .arg(&ctx);
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let err = common::stderr(&out);
+    assert!(err.contains("pruning build cache"), "{err}");
+    let du = root.ok(&["du"]);
+    assert_eq!(du_row(&du, "Cache records").0, 0, "{du}");
+    root.check_store();
+    assert_eq!(root.ok(&["run", "--rm", "app", "cat", "/two"]), "two\n");
+
+    // Off: the records stay.
+    let mut c = root.builder();
+    c.env("BUILDER_GC_KEEP_STORAGE", "off")
+        .args(["build", "--progress=plain", "-t", "app"])
+        .arg(&ctx);
+    let out = c.output().unwrap();
+    assert!(out.status.success());
+    assert!(!common::stderr(&out).contains("pruning build cache"));
+    assert_eq!(du_row(&root.ok(&["du"]), "Cache records").0, 3);
+
+    let mut c = root.builder();
+    c.env("BUILDER_GC_KEEP_STORAGE", "lots")
+        .args(["build", "--progress=plain", "-t", "app"])
+        .arg(&ctx);
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "a bad cap only warns");
+    let err = common::stderr(&out);
+    assert!(err.contains("BUILDER_GC_KEEP_STORAGE"), "{err}");
+}
+
+#[test]
+fn prune_waits_for_a_running_build() {
+    let Some((root, _)) = setup() else { return };
+    let ctx = root.context(&[(
+        "Dockerfile",
+        "FROM busybox\nRUN echo started && sleep 2 && echo slept > /slept\n",
+    )]);
+    let mut build = root.builder();
+    build
+        .args(["build", "--progress=plain", "-t", "slow"])
+        .arg(&ctx)
+        .stderr(Stdio::piped());
+    let mut child = build.spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    // Wait until the RUN step prints, so the build surely holds the lock.
+    for line in lines.by_ref() {
+        if line.unwrap().ends_with(" started") {
+            break;
+        }
+    }
+    let out = root.output(&["prune", "--all"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert!(
+        common::stderr(&out).contains("waiting for running builds"),
+        "{}",
+        common::stderr(&out)
+    );
+    // The rest of the build's output, then its status.
+    for line in lines {
+        line.unwrap();
+    }
+    assert!(child.wait().unwrap().success());
+    root.check_store();
+    assert_eq!(
+        root.ok(&["run", "--rm", "slow", "cat", "/slept"]),
+        "slept\n"
+    );
+}
