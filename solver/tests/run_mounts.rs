@@ -542,3 +542,37 @@ fn mounts_on_symlinked_and_nested_targets() {
     assert_eq!(built.read("/count").trim(), "2");
     assert_eq!(built.last_layer_paths(), ["count"]);
 }
+
+#[test]
+fn one_step_may_mount_a_locked_cache_twice() {
+    require_root!();
+    let f = Fixture::new();
+    let dockerfile = "FROM busybox:test\n\
+        RUN --mount=type=cache,id=twice,target=/a,sharing=locked \
+        --mount=type=cache,id=twice,target=/b,sharing=locked \
+        sh -c 'touch /a/x && ls /b > /seen'\n";
+    let built = f.build_ok(&f.request(dockerfile));
+    assert_eq!(built.read("/seen").trim(), "x");
+}
+
+#[test]
+fn a_mountpoint_inside_a_read_only_context_bind_is_never_created_in_the_context() {
+    require_root!();
+    let f = Fixture::new();
+    fs::create_dir(f.context.join("dir")).unwrap();
+    let err = f.build_err(&f.request(
+        "FROM busybox:test\n\
+         RUN --mount=type=bind,target=/ctx --mount=type=tmpfs,target=/ctx/dir/new true\n",
+    ));
+    assert!(err.contains("/ctx/dir/new"), "{err}");
+    assert!(!f.context.join("dir/new").exists());
+    // An existing directory of the context takes the nested mount.
+    let built = f.build_ok(&f.request(
+        "FROM busybox:test\n\
+         RUN --mount=type=bind,target=/ctx --mount=type=tmpfs,target=/ctx/dir \
+         sh -c 'touch /ctx/dir/x && ls /ctx/dir > /ls'\n",
+    ));
+    assert_eq!(built.read("/ls").trim(), "x");
+    assert_eq!(fs::read_dir(f.context.join("dir")).unwrap().count(), 0);
+    f.assert_clean();
+}

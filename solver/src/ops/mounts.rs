@@ -19,6 +19,7 @@
 //! - `type=ssh`: the agent socket of `--ssh ID` bound in, `SSH_AUTH_SOCK`
 //!   pointing at the first one.
 
+use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -53,14 +54,81 @@ pub(super) fn prepare(
     inputs: &[&State],
 ) -> Result<StepMounts, BuildError> {
     let mut out = StepMounts::default();
+    let busy = lock_caches(op, cx, &mut out)?;
     let mut ssh_sock = None;
     for mount in &op.mounts {
-        prepare_one(mount, cx, inputs, &mut out, &mut ssh_sock).map_err(|e| cx.step_error(e))?;
+        prepare_one(mount, cx, inputs, &busy, &mut out, &mut ssh_sock)
+            .map_err(|e| cx.step_error(e))?;
     }
     if let Some(sock) = ssh_sock {
         out.env.push(format!("SSH_AUTH_SOCK={sock}"));
     }
     Ok(out)
+}
+
+/// Takes the locks of every cache mount of `op` at once, in one order
+/// (by directory name) so that steps using several caches cannot deadlock,
+/// and once per directory even if the step mounts it twice. Waiting gives
+/// up when the build is cancelled. Returns the directories that are busy
+/// for `sharing=private` mounts, which get a fresh directory instead.
+fn lock_caches(
+    op: &ExecOp,
+    cx: &OpContext<'_>,
+    out: &mut StepMounts,
+) -> Result<HashSet<String>, BuildError> {
+    let strength = |s: CacheSharing| match s {
+        CacheSharing::Private => 0,
+        CacheSharing::Shared => 1,
+        CacheSharing::Locked => 2,
+    };
+    let mut wanted: BTreeMap<String, CacheSharing> = BTreeMap::new();
+    for mount in &op.mounts {
+        if let ExecMountKind::Cache { id, sharing, .. } = &mount.kind {
+            let entry = wanted.entry(cache_hex(id)).or_insert(*sharing);
+            if strength(*sharing) > strength(*entry) {
+                *entry = *sharing;
+            }
+        }
+    }
+    let mut busy = HashSet::new();
+    for (hex, sharing) in wanted {
+        let name = format!("mount-{hex}");
+        let try_lock = |exclusive: bool| {
+            if exclusive {
+                cx.store.try_lock_exclusive(&name)
+            } else {
+                cx.store.try_lock_shared(&name)
+            }
+            .map_err(|e| cx.step_error(store(e)))
+        };
+        let lock = match sharing {
+            CacheSharing::Private => try_lock(true)?,
+            CacheSharing::Shared | CacheSharing::Locked => loop {
+                if let Some(lock) = try_lock(sharing == CacheSharing::Locked)? {
+                    break Some(lock);
+                }
+                if cx.cancel.is_cancelled() {
+                    return Err(BuildError::Cancelled);
+                }
+                std::thread::sleep(LOCK_POLL);
+            },
+        };
+        match lock {
+            Some(lock) => out._locks.push(lock),
+            None => {
+                busy.insert(hex);
+            }
+        }
+    }
+    Ok(busy)
+}
+
+/// How often a step waiting for a cache mount's lock checks it again.
+const LOCK_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// The name of the directory (and lock) of cache mount `id`.
+fn cache_hex(id: &str) -> String {
+    Digest::of(id.as_bytes()).hex()
 }
 
 fn io_error(action: &'static str, what: impl Into<String>) -> impl FnOnce(io::Error) -> StepError {
@@ -76,6 +144,7 @@ fn prepare_one(
     mount: &ExecMount,
     cx: &OpContext<'_>,
     inputs: &[&State],
+    busy: &HashSet<String>,
     out: &mut StepMounts,
     ssh_sock: &mut Option<String>,
 ) -> Result<(), StepError> {
@@ -97,11 +166,7 @@ fn prepare_one(
             });
         }
         ExecMountKind::Cache {
-            id,
-            sharing,
-            mode,
-            uid,
-            gid,
+            id, mode, uid, gid, ..
         } => {
             let seed = match mount.input {
                 Some(slot) => Some((
@@ -113,7 +178,7 @@ fn prepare_one(
                 None => None,
             };
             let attrs = (mode.unwrap_or(0o755), uid.unwrap_or(0), gid.unwrap_or(0));
-            let dir = cache_dir(cx, id, *sharing, attrs, seed, out)?;
+            let dir = cache_dir(cx, id, busy, attrs, seed, out)?;
             out.mounts.push(StepMount {
                 target,
                 source: MountSource::Host(dir),
@@ -459,43 +524,34 @@ fn copy_tree_into(
     Ok(())
 }
 
-/// The cache mount directory for `id`, created (and seeded) on first use,
-/// with the lock its sharing mode asks for held in `out`.
+/// The cache mount directory for `id`, created (and seeded) on first use;
+/// its lock is already held, unless it is `busy` (private and in use).
 fn cache_dir(
     cx: &OpContext<'_>,
     id: &str,
-    sharing: CacheSharing,
+    busy: &HashSet<String>,
     (mode, uid, gid): (u32, u32, u32),
     seed: Option<(&State, &str)>,
     out: &mut StepMounts,
 ) -> Result<PathBuf, StepError> {
-    let hex = Digest::of(id.as_bytes()).hex();
-    let lock_name = format!("mount-{hex}");
+    let hex = cache_hex(id);
+    if busy.contains(&hex) {
+        // This step gets a directory of its own, thrown away afterwards.
+        let temp = cx.store.temp_dir("cache-private-").map_err(store)?;
+        let fresh = temp.path().join("dir");
+        new_cache_dir(cx, &fresh, (mode, uid, gid), seed, out)?;
+        out._temps.push(temp);
+        return Ok(fresh);
+    }
     let mounts = cx.store.root().join("mounts");
     fs::create_dir_all(&mounts).map_err(io_error("create", mounts.display().to_string()))?;
     let dir = mounts.join(&hex);
-    let lock = match sharing {
-        CacheSharing::Shared => cx.store.lock_shared(&lock_name).map_err(store)?,
-        CacheSharing::Locked => cx.store.lock_exclusive(&lock_name).map_err(store)?,
-        CacheSharing::Private => match cx.store.try_lock_exclusive(&lock_name).map_err(store)? {
-            Some(lock) => lock,
-            None => {
-                // In use: this step gets a directory of its own, thrown away
-                // afterwards.
-                let temp = cx.store.temp_dir("cache-private-").map_err(store)?;
-                let fresh = temp.path().join("dir");
-                new_cache_dir(cx, &fresh, (mode, uid, gid), seed, out)?;
-                out._temps.push(temp);
-                return Ok(fresh);
-            }
-        },
-    };
-    out._locks.push(lock);
     if !dir.is_dir() {
         let temp = cx.store.temp_dir("cache-new-").map_err(store)?;
         let fresh = temp.path().join("dir");
         new_cache_dir(cx, &fresh, (mode, uid, gid), seed, out)?;
-        // Another step may have created it meanwhile; its directory wins.
+        // Another step sharing it may have created it meanwhile; that one
+        // wins.
         if let Err(err) = fs::rename(&fresh, &dir) {
             if !dir.is_dir() {
                 return Err(io_error("create", format!("cache mount {}", dir.display()))(err));

@@ -569,11 +569,14 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<Op>, NulError> {
                 target,
             }),
         }
-    }
-    for mount in input.mounts.iter().filter(|m| m.readonly) {
-        ops.push(Op::SetReadOnly {
-            path: at(&mount.target)?,
-        });
+        // Before any mount inside it: a mountpoint that does not exist in a
+        // read-only source cannot be created there (never in the build
+        // context itself), as with runc.
+        if mount.readonly {
+            ops.push(Op::SetReadOnly {
+                path: at(&mount.target)?,
+            });
+        }
     }
     ops.push(Op::SetHostname {
         name: string(input.hostname)?,
