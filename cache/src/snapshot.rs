@@ -147,11 +147,10 @@ impl Snapshots {
         if self.exists(&layer.diff_id) {
             return Ok(dest);
         }
-        let _lock = self.store.lock_exclusive(&lock_name(&layer.diff_id))?;
-        // Another process may have made it while we waited.
-        if self.exists(&layer.diff_id) {
+        // Another process (or thread) may make it while we wait.
+        let Some(_lock) = self.lock_to_create(&layer.diff_id)? else {
             return Ok(dest);
-        }
+        };
         // The tree goes one level down in the temp dir: a layer may give its
         // root an old mtime, and the store's cleanup judges tmp/ entries by
         // their mtime.
@@ -214,11 +213,30 @@ impl Snapshots {
     /// alone, when the snapshot already exists.
     pub fn adopt(&self, dir: &Path, diff_id: &Digest) -> Result<bool, SnapshotError> {
         let dest = self.path(diff_id);
-        let _lock = self.store.lock_exclusive(&lock_name(diff_id))?;
-        if self.exists(diff_id) {
+        let Some(_lock) = self.lock_to_create(diff_id)? else {
             return Ok(false);
-        }
+        };
         self.rename_into_place(dir, &dest)
+    }
+
+    /// The exclusive lock for creating the snapshot of `diff_id`, or `None`
+    /// as soon as that snapshot exists. Blocking on the lock instead could
+    /// wait forever: a parallel build holds (shared) the snapshot one of its
+    /// steps made while another of its steps, which made the same layer, comes
+    /// to adopt it.
+    fn lock_to_create(&self, diff_id: &Digest) -> Result<Option<StoreLock>, SnapshotError> {
+        loop {
+            if self.exists(diff_id) {
+                return Ok(None);
+            }
+            if let Some(lock) = self.store.try_lock_exclusive(&lock_name(diff_id))? {
+                if self.exists(diff_id) {
+                    return Ok(None);
+                }
+                return Ok(Some(lock));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
     }
 
     /// Holds the snapshot against removal until the guard is dropped.

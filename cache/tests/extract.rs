@@ -764,3 +764,29 @@ fn adopt_moves_a_finished_tree_into_place_once() {
     assert!(!snapshots.adopt(&upper, &diff_id).unwrap());
     assert!(upper.exists());
 }
+
+#[test]
+fn adopting_a_snapshot_this_process_holds_does_not_wait_for_itself() {
+    if !require_root() {
+        return;
+    }
+    // A parallel build holds the snapshot one step made while another step,
+    // which made the same layer, adopts it: that must not block forever.
+    let root = tempfile::tempdir().unwrap();
+    let store = Store::open(root.path()).unwrap();
+    let snapshots = Snapshots::new(&store);
+    let staging = store.temp_dir("upper-").unwrap();
+    let upper = staging.path().join("upper");
+    fs::create_dir(&upper).unwrap();
+    let diff_id = Digest::of(b"made twice");
+    assert!(snapshots.adopt(&upper, &diff_id).unwrap());
+    let _held = snapshots.hold(&diff_id).unwrap();
+    fs::create_dir(&upper).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (snaps, dir) = (snapshots.clone(), upper.clone());
+    std::thread::spawn(move || tx.send(snaps.adopt(&dir, &diff_id).unwrap()).unwrap());
+    let adopted = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("adopt waited for a lock its own process holds");
+    assert!(!adopted);
+}
