@@ -53,6 +53,40 @@ macro_rules! require_root {
     };
 }
 
+/// Stores `busybox:test` (one layer), with an extra file when asked.
+fn put_busybox(store: &Store, rootfs: &Path, extra: Option<(&str, &str)>) {
+    busybox_rootfs(rootfs).unwrap();
+    if let Some((name, content)) = extra {
+        fs::write(rootfs.join(name), content).unwrap();
+    }
+    let layer = create_layer(store, rootfs, &CreateOptions::default()).unwrap();
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "created": "2024-01-01T00:00:00Z",
+        "config": {"Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["sh"]},
+        "rootfs": {"type": "layers", "diff_ids": [layer.diff_id.to_string()]},
+        "history": [{"created": "2024-01-01T00:00:00Z", "created_by": "busybox rootfs"}],
+    });
+    let config = cache::json::to_vec(&config).unwrap();
+    let manifest = oci_manifest(
+        &cache::images::BlobRef {
+            media_type: MEDIA_TYPE_OCI_CONFIG.into(),
+            digest: Digest::of(&config),
+            size: config.len() as u64,
+        },
+        &[cache::images::BlobRef {
+            media_type: layer.media_type.clone(),
+            digest: layer.digest,
+            size: layer.size,
+        }],
+    )
+    .unwrap();
+    ImageStore::new(store.clone())
+        .put(&manifest, &config, &[BASE.parse().unwrap()])
+        .unwrap();
+}
+
 struct Fixture {
     _dir: tempfile::TempDir,
     store: Store,
@@ -66,34 +100,7 @@ impl Fixture {
         fs::create_dir_all(&parent).unwrap();
         let dir = tempfile::tempdir_in(&parent).unwrap();
         let store = Store::open(dir.path().join("root")).unwrap();
-        let rootfs = dir.path().join("busybox");
-        busybox_rootfs(&rootfs).unwrap();
-        let layer = create_layer(&store, &rootfs, &CreateOptions::default()).unwrap();
-        let config = serde_json::json!({
-            "architecture": "amd64",
-            "os": "linux",
-            "created": "2024-01-01T00:00:00Z",
-            "config": {"Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["sh"]},
-            "rootfs": {"type": "layers", "diff_ids": [layer.diff_id.to_string()]},
-            "history": [{"created": "2024-01-01T00:00:00Z", "created_by": "busybox rootfs"}],
-        });
-        let config = cache::json::to_vec(&config).unwrap();
-        let manifest = oci_manifest(
-            &cache::images::BlobRef {
-                media_type: MEDIA_TYPE_OCI_CONFIG.into(),
-                digest: Digest::of(&config),
-                size: config.len() as u64,
-            },
-            &[cache::images::BlobRef {
-                media_type: layer.media_type.clone(),
-                digest: layer.digest,
-                size: layer.size,
-            }],
-        )
-        .unwrap();
-        ImageStore::new(store.clone())
-            .put(&manifest, &config, &[BASE.parse().unwrap()])
-            .unwrap();
+        put_busybox(&store, &dir.path().join("busybox"), None);
         let context = dir.path().join("context");
         fs::create_dir(&context).unwrap();
         Fixture {
@@ -893,4 +900,90 @@ fn cached_results_survive_removed_snapshots() {
     assert_eq!(built.read("/copy"), first.read("/random"));
     assert_eq!(built.read("/random"), first.read("/random"));
     f.assert_clean();
+}
+
+#[test]
+fn independent_stages_run_at_the_same_time() {
+    require_root!();
+    let f = Fixture::new();
+    #[derive(Default)]
+    struct Times(Mutex<Vec<(Instant, ProgressEvent)>>);
+    impl Progress for Times {
+        fn event(&self, event: &ProgressEvent) {
+            self.0.lock().unwrap().push((Instant::now(), event.clone()));
+        }
+    }
+    let times = Times::default();
+    let req = f.request(
+        "FROM busybox:test AS a\n\
+         RUN sleep 1 && echo a > /a\n\
+         FROM busybox:test AS b\n\
+         RUN sleep 1 && echo b > /b\n\
+         FROM busybox:test\n\
+         COPY --from=a /a /a\n\
+         COPY --from=b /b /b\n",
+    );
+    let result = build(&f.store, &req, &times, &CancelHandle::new()).unwrap();
+    let built = Built::new(&f, result);
+    assert_eq!(built.read("/a"), "a\n");
+    assert_eq!(built.read("/b"), "b\n");
+    // The sleeping steps' running intervals overlap.
+    let events = times.0.lock().unwrap();
+    let interval = |needle: &str| {
+        let (start, vertex) = events
+            .iter()
+            .find_map(|(t, e)| match e {
+                ProgressEvent::StepStarted {
+                    vertex,
+                    description,
+                } if description.contains(needle) => Some((*t, *vertex)),
+                _ => None,
+            })
+            .unwrap();
+        let end = events
+            .iter()
+            .find_map(|(t, e)| match e {
+                ProgressEvent::StepDone { vertex: v, .. } if *v == vertex => Some(*t),
+                _ => None,
+            })
+            .unwrap();
+        (start, end)
+    };
+    let (a_start, a_end) = interval("echo a");
+    let (b_start, b_end) = interval("echo b");
+    assert!(
+        a_start < b_end && b_start < a_end,
+        "the stages ran one after the other"
+    );
+    f.assert_clean();
+}
+
+#[test]
+fn a_changed_base_image_is_explained() {
+    require_root!();
+    let f = Fixture::new();
+    #[derive(Default)]
+    struct Misses(Mutex<Vec<String>>);
+    impl Progress for Misses {
+        fn event(&self, event: &ProgressEvent) {
+            if let ProgressEvent::CacheMiss { reason, .. } = event {
+                self.0.lock().unwrap().push(reason.clone());
+            }
+        }
+    }
+    let req = f.request("FROM busybox:test\nRUN echo one > /one\n");
+    f.build_request(&req).unwrap();
+    let misses = Misses::default();
+    let again = build(&f.store, &req, &misses, &CancelHandle::new()).unwrap();
+    assert!(again.stats.executed.is_empty());
+    assert!(misses.0.lock().unwrap().is_empty());
+    // busybox:test now names another image.
+    let rootfs = f.store.root().parent().unwrap().join("busybox2");
+    put_busybox(&f.store, &rootfs, Some(("new", "file")));
+    let changed = build(&f.store, &req, &misses, &CancelHandle::new()).unwrap();
+    assert_eq!(changed.stats.executed.len(), 2, "{:?}", changed.stats);
+    assert_eq!(
+        *misses.0.lock().unwrap(),
+        ["RUN echo one > /one: base image changed"]
+    );
 }
