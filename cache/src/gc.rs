@@ -1107,8 +1107,9 @@ fn run_prune(
         }
     }
 
-    // Snapshots: those nothing needs; with --all (or still over the limit
-    // with no age filter) also those of images, which the blob re-creates.
+    // Snapshots: those nothing needs; with --all or while over the limit
+    // also those of images, which their blobs re-create; not with an age
+    // filter, since when a snapshot was last used is not known.
     let over = |size: u64| opts.keep_storage.is_some_and(|k| size > k);
     let snapshots = Snapshots::new(store);
     let mut held = Vec::new();
@@ -1132,9 +1133,9 @@ fn run_prune(
             None => held.push(*d),
         }
     }
-    if opts.all || (opts.until.is_none() && over(cache_size)) {
+    if opts.until.is_none() && (opts.all || over(cache_size)) {
         for (d, size) in image_snapshots {
-            if !opts.all && !over(cache_size) {
+            if opts.keep_storage.is_some() && !over(cache_size) {
                 break;
             }
             match snapshots.try_remove(&d)? {

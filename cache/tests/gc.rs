@@ -424,3 +424,50 @@ fn a_running_build_makes_auto_prune_skip_and_manual_prune_wait() {
         AutoPrune::Disabled
     ));
 }
+
+#[test]
+fn keep_storage_drops_image_snapshots_only_after_all_records() {
+    let f = Fixture::new();
+    let base = f.layer("base", 50_000);
+    let manifest = f.image("app", &[base]);
+    let step = f.layer("step", 50_000);
+    let key = f.record("step", &[base, step], 48 * HOUR);
+    let tiny = PruneOptions {
+        keep_storage: Some(1),
+        until: Some(24 * HOUR),
+        ..PruneOptions::default()
+    };
+    // With an age filter only the old record goes: when the image's
+    // snapshot was last used is not known.
+    let report = gc::prune(&f.store, &tiny).unwrap();
+    assert_eq!(report.removed.len(), 1);
+    assert!(!f.has_record(&key) && !f.has_snapshot(&step));
+    assert!(f.has_snapshot(&base));
+    let report = gc::prune(
+        &f.store,
+        &PruneOptions {
+            until: None,
+            ..tiny
+        },
+    )
+    .unwrap();
+    assert_eq!(report.snapshots.count, 1);
+    assert!(!f.has_snapshot(&base));
+    ImageStore::new(f.store.clone())
+        .check_complete(&manifest, "app")
+        .unwrap();
+    // Under the limit nothing of the image's goes.
+    let again = f.layer("base2", 50_000);
+    let manifest2 = f.image("app2", &[again]);
+    let report = gc::prune(
+        &f.store,
+        &PruneOptions {
+            keep_storage: Some(10_000_000),
+            ..PruneOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(report.snapshots.count, 0);
+    assert!(f.has_snapshot(&again));
+    assert!(f.store.has_blob(&manifest2));
+}
