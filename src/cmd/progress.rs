@@ -131,6 +131,7 @@ impl Renderer {
     }
 
     /// A `tty` renderer drawing on `screen`.
+    #[cfg(test)]
     pub(crate) fn tty(screen: Screen) -> Renderer {
         Renderer::with_display(Mode::Tty, Box::new(tty::Tty::new(screen)))
     }

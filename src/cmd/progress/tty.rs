@@ -1,16 +1,17 @@
 //! `--progress=tty`: what a person at a terminal sees. Each running step
 //! has a line that updates in place (spinner, name, its latest output line,
 //! elapsed time); a finished step becomes a permanent line with its
-//! duration, `CACHED` for a cache hit, `ERROR` and its last output lines
-//! for a failure, and its cache-miss reason under it. A summary ends it.
+//! duration, `CACHED` for a cache hit or `ERROR` for a failure, and its
+//! cache-miss reason under it. A summary ends it. (A failed step's last
+//! output lines follow in the build's error, in every mode.)
 //!
 //! Drawing is indicatif's `MultiProgress`, on a [`Screen`]: the terminal
 //! on stderr (buffered, so that a redraw reaches it in one write and does
 //! not flicker), or an in-memory terminal for tests. Everything is cut to
 //! the screen's width so that no line wraps and breaks the redraw.
 
-use std::collections::{HashMap, VecDeque};
-use std::fmt::{self, Write as _};
+use std::collections::HashMap;
+use std::fmt;
 use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,8 +22,6 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState, P
 
 use super::{Display, Stamp, Step, Summary, What, seconds, summary_text};
 
-/// How many output lines of a failed step are shown.
-const FAILED_LINES: usize = 10;
 /// Redraws a second at most.
 const REFRESH_HZ: u8 = 10;
 /// The spinner's tick.
@@ -39,6 +38,8 @@ pub(crate) struct Screen {
 #[derive(Debug)]
 enum ScreenKind {
     Stderr(Term),
+    /// Made by tests only.
+    #[cfg_attr(not(test), allow(dead_code))]
     Memory(Mutex<Emulator>),
 }
 
@@ -260,6 +261,7 @@ impl Emulator {
     }
 
     /// The screen's lines, without trailing blanks.
+    #[cfg(test)]
     fn screen(&self) -> Vec<String> {
         let mut lines: Vec<String> = self.lines.iter().map(|l| l.trim_end().to_owned()).collect();
         while lines.last().is_some_and(|l| l.is_empty()) {
@@ -274,8 +276,6 @@ struct Running {
     bar: ProgressBar,
     name: String,
     miss: Option<String>,
-    /// Its last output lines, for when it fails.
-    last: VecDeque<String>,
     /// Detail lines (the build command's own steps), shown under it.
     details: Vec<String>,
     started: std::time::Instant,
@@ -397,7 +397,6 @@ impl Display for Tty {
                         bar,
                         name: name.to_owned(),
                         miss: None,
-                        last: VecDeque::new(),
                         details: Vec::new(),
                         started: stamp.at,
                     },
@@ -422,11 +421,6 @@ impl Display for Tty {
                 r.bar.set_message(message);
                 if detail {
                     r.details.push(line.to_owned());
-                } else {
-                    if r.last.len() == FAILED_LINES {
-                        r.last.pop_front();
-                    }
-                    r.last.push_back(line.to_owned());
                 }
             }
             What::Done { duration } => {
@@ -442,7 +436,7 @@ impl Display for Tty {
                 }
                 self.print(&out);
             }
-            What::Error { message } => {
+            What::Error { .. } => {
                 let Some(r) = self.finish(n) else { return };
                 let duration = stamp.at.saturating_duration_since(r.started);
                 let mut out = self.finished_line(Some(("ERROR", error())), &r.name, duration);
@@ -450,16 +444,6 @@ impl Display for Tty {
                     out.push('\n');
                     out.push_str(&self.sub_line(&format!("cache miss: {reason}"), miss()));
                 }
-                // BuildKit's block: the failing step's last output lines.
-                // They may wrap: all of them is what a person needs here.
-                let _ = write!(out, "\n------\n > {}:", one_line(&r.name));
-                for l in &r.last {
-                    let _ = write!(out, "\n{}", one_line(l));
-                }
-                if r.last.is_empty() {
-                    let _ = write!(out, "\n{message}");
-                }
-                out.push_str("\n------");
                 self.print(&out);
             }
         }
@@ -581,7 +565,7 @@ mod tests {
     }
 
     #[test]
-    fn failed_step_shows_its_last_lines_and_misses_show_under_their_step() {
+    fn failed_step_is_marked_and_misses_show_under_their_step() {
         let (lines, too_wide) = render(80, failing_build);
         let text = lines.join("\n");
         assert_eq!(too_wide, Vec::<String>::new());
@@ -601,13 +585,8 @@ mod tests {
             lines[4].starts_with(" => ERROR [stage-2 3/3] RUN make "),
             "{text}"
         );
-        assert_eq!(lines[5], "------");
-        assert_eq!(lines[6], " > [stage-2 3/3] RUN make:");
-        let shown: Vec<String> = (3..=12).map(|i| format!("make line {i}")).collect();
-        assert_eq!(lines[7..17], shown[..], "{text}");
-        assert_eq!(lines[17], "------");
-        assert!(lines[18].starts_with("Build failed after "), "{text}");
-        assert_eq!(lines.len(), 19, "{text}");
+        assert!(lines[5].starts_with("Build failed after "), "{text}");
+        assert_eq!(lines.len(), 6, "{text}");
     }
 
     #[test]
@@ -642,8 +621,7 @@ mod tests {
     fn narrow_terminal_cuts_lines_to_its_width() {
         let (lines, too_wide) = render(40, failing_build);
         let text = lines.join("\n");
-        // Step lines fit; only the summary wraps (as would a failed step's
-        // long output lines).
+        // Step lines fit; only the summary wraps.
         assert_eq!(too_wide.len(), 1, "{too_wide:#?}");
         assert!(
             too_wide[0].starts_with("Build failed after"),
