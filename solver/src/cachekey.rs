@@ -289,6 +289,20 @@ impl<'a> KeyComputer<'a> {
                 SecurityMode::Insecure => "insecure",
             },
         );
+        // A step that needs an entitlement must not be served from the
+        // cache to a build that does not grant it: it fails when it runs.
+        if network == NetworkMode::Host {
+            b.add(
+                "network.host allowed",
+                &[&[u8::from(self.req.network_allowed_host)]],
+            );
+        }
+        if op.security == SecurityMode::Insecure {
+            b.add(
+                "security.insecure allowed",
+                &[&[u8::from(self.req.allow_security_insecure)]],
+            );
+        }
         let hosts: Vec<String> = self
             .req
             .extra_hosts

@@ -77,6 +77,7 @@ pub(crate) fn run(
     let plan = make_plan(env, target, stats)?;
     let graph = env.graph;
     let n = graph.len();
+    report_cached_below_hits(env, &plan, target);
 
     // Who waits for whom: a running vertex for its inputs, an alias for
     // the vertex that produces its result.
@@ -321,6 +322,31 @@ fn make_plan(
     // Identical keys mean identical inputs, so a leader never depends on
     // its alias: the aliases cannot deadlock.
     Ok(plan)
+}
+
+/// Steps the target needs that nothing has to do because a hit above them
+/// covers them are cached too, as far as a person is concerned (BuildKit
+/// shows them so): each gets a `StepCached`. The context is not one: it
+/// was not even read.
+fn report_cached_below_hits(env: &Env<'_>, plan: &[Plan], target: VertexId) {
+    let graph = env.graph;
+    let mut seen = vec![false; graph.len()];
+    let mut stack = vec![target];
+    while let Some(id) = stack.pop() {
+        if !std::mem::replace(&mut seen[id], true) {
+            stack.extend(graph.vertex(id).inputs.iter().copied());
+        }
+    }
+    for (id, p) in plan.iter().enumerate() {
+        let vertex = graph.vertex(id);
+        if seen[id] && matches!(p, Plan::Skip) && !matches!(vertex.op, Op::Scratch | Op::Context(_))
+        {
+            env.progress.event(&ProgressEvent::StepCached {
+                vertex: id,
+                description: vertex.description.clone(),
+            });
+        }
+    }
 }
 
 /// A hit: the recorded layers with their snapshots (unpacked again from

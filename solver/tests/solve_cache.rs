@@ -232,7 +232,31 @@ fn a_cached_rebuild_runs_nothing() {
             .all(|e| matches!(e, ProgressEvent::StepCached { .. })),
         "{events:?}"
     );
-    assert_eq!(events.len(), 1);
+    // Every step is reported cached, the ones below the hit too.
+    assert_eq!(events.len(), 4, "{events:?}");
+}
+
+#[test]
+fn a_cached_step_still_needs_its_entitlement() {
+    require_root!();
+    let f = Fixture::new();
+    let mut allowed = f.request("FROM scratch\nRUN --network=host online\n");
+    allowed.network_allowed_host = true;
+    f.build(&allowed, &FakeExecutor::default(), &solver::NoProgress)
+        .unwrap();
+    let exec = FakeExecutor::default();
+    f.build(&allowed, &exec, &solver::NoProgress).unwrap();
+    assert!(exec.runs().is_empty());
+    let mut denied = allowed.clone();
+    denied.network_allowed_host = false;
+    let err = f
+        .build(&denied, &FakeExecutor::default(), &solver::NoProgress)
+        .unwrap_err();
+    let rendered = err.to_string() + &format!("{err:?}");
+    assert!(
+        rendered.contains("network.host is not allowed"),
+        "{rendered}"
+    );
 }
 
 #[test]
