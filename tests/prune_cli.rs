@@ -190,3 +190,31 @@ fn prune_waits_for_a_running_build() {
         "slept\n"
     );
 }
+
+#[test]
+fn cache_mounts_stay_until_prune_all() {
+    let Some((root, _)) = setup() else { return };
+    let ctx = root.context(&[(
+        "Dockerfile",
+        "FROM busybox\n\
+         RUN --mount=type=cache,target=/cache dd if=/dev/zero of=/cache/x bs=1k count=300\n",
+    )]);
+    root.build_ok(&ctx, &["-t", "mnt"]);
+    let du = root.ok(&["du"]);
+    let (count, size) = du_row(&du, "Cache mounts");
+    assert_eq!(count, 1, "{du}");
+    assert!(size >= 300 * 1024, "{du}");
+    assert!(root.ok(&["du", "-v"]).contains("CACHE MOUNT"));
+
+    let out = root.ok(&["prune"]);
+    assert!(!out.contains("cache mount"), "{out}");
+    assert_eq!(du_row(&root.ok(&["du"]), "Cache mounts").0, 1);
+    let out = root.ok(&["prune", "--filter", "until=1h"]);
+    assert!(!out.contains("cache mount"), "{out}");
+    let out = root.ok(&["prune", "-a"]);
+    assert!(out.contains("cache mount"), "{out}");
+    assert_eq!(du_row(&root.ok(&["du"]), "Cache mounts"), (0, 0));
+    // A new build starts with an empty cache mount again.
+    root.build_ok(&ctx, &["-t", "mnt"]);
+    assert_eq!(du_row(&root.ok(&["du"]), "Cache mounts").0, 1);
+}

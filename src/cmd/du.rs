@@ -38,7 +38,7 @@ pub(crate) fn run(root: &Path, args: DuArgs) -> anyhow::Result<ExitCode> {
         if !usage.mount_details.is_empty() {
             let mut table = vec![["CACHE MOUNT", "SIZE", "LAST USED"].map(String::from)];
             for m in &usage.mount_details {
-                table.push([m.id.clone(), human_size(m.size), ago(now, m.last_used)]);
+                table.push([short_id(&m.id), human_size(m.size), ago(now, m.last_used)]);
             }
             print_table(&table);
             println!();
@@ -89,6 +89,17 @@ pub(crate) fn print_table<const N: usize>(rows: &[[String; N]]) {
             }
         }
         println!("{}", line.trim_end());
+    }
+}
+
+/// The first 12 characters of a hexadecimal id (`sha256:` dropped), as
+/// docker shows ids; other names whole.
+pub(crate) fn short_id(id: &str) -> String {
+    let hex = id.strip_prefix("sha256:").unwrap_or(id);
+    if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        hex[..12].to_string()
+    } else {
+        id.to_string()
     }
 }
 

@@ -10,7 +10,7 @@ use cache::gc::{self, AutoPrune, Category, ItemKind, PruneOptions, PruneReport, 
 use cache::store::Store;
 use clap::Args;
 
-use super::du::{ago, print_table};
+use super::du::{ago, print_table, short_id};
 use super::progress::Renderer;
 
 #[derive(Args, Debug)]
@@ -84,13 +84,9 @@ fn print_report(report: &PruneReport) {
     if report.removed.iter().any(|r| listed(r.kind)) {
         let mut table = vec![["TYPE", "ID", "SIZE", "LAST USED", "DESCRIPTION"].map(String::from)];
         for r in report.removed.iter().filter(|r| listed(r.kind)) {
-            let id = match r.id.strip_prefix("sha256:") {
-                Some(hex) => hex[..12].to_string(),
-                None => r.id.clone(),
-            };
             table.push([
                 r.kind.to_string(),
-                id,
+                short_id(&r.id),
                 human_size(r.size),
                 ago(now, r.last_used),
                 r.description.clone(),
