@@ -506,11 +506,15 @@ fn ssh_agent_socket_is_forwarded() {
     let f = Fixture::new();
     let sock = f.dir.path().join("agent.sock");
     let _listener = UnixListener::bind(&sock).unwrap();
-    let inode = fs::metadata(&sock).unwrap().ino();
+    let host_inode = fs::metadata(&sock).unwrap().ino();
+    // busybox has no client for UNIX stream sockets: the step checks the
+    // socket and its attributes; the forwarding itself is unit-tested.
     let dockerfile = "FROM busybox:test\n\
         RUN --mount=type=ssh sh -c 'echo \"$SSH_AUTH_SOCK\" > /env; \
-        test -S \"$SSH_AUTH_SOCK\" && stat -c %i \"$SSH_AUTH_SOCK\" > /inode'\n\
-        RUN --mount=type=ssh,id=other,target=/agent sh -c 'echo \"$SSH_AUTH_SOCK\" > /env2'\n";
+        test -S \"$SSH_AUTH_SOCK\" && stat -c \"%a %u %g %i\" \"$SSH_AUTH_SOCK\" > /stat'\n\
+        USER test\n\
+        RUN --mount=type=ssh,id=other,target=/agent,uid=1000,gid=1000,mode=0660 \
+        sh -c 'echo \"$SSH_AUTH_SOCK\" > /tmp/env2; stat -c \"%a %u %g\" /agent > /tmp/stat2'\n";
     let mut req = f.request(dockerfile);
     req.ssh = vec![
         SshSpec {
@@ -524,9 +528,14 @@ fn ssh_agent_socket_is_forwarded() {
     ];
     let built = f.build_ok(&req);
     assert_eq!(built.read("/env").trim(), "/run/buildkit/ssh_agent.0");
-    assert_eq!(built.read("/inode").trim(), inode.to_string());
-    assert_eq!(built.read("/env2").trim(), "/agent");
+    let stat = built.read("/stat");
+    let fields: Vec<&str> = stat.split_whitespace().collect();
+    assert_eq!(fields[..3], ["600", "0", "0"], "{stat}");
+    assert_ne!(fields[3], host_inode.to_string(), "the host socket itself");
+    assert_eq!(built.read("/tmp/env2").trim(), "/agent");
+    assert_eq!(built.read("/tmp/stat2").trim(), "660 1000 1000");
     assert!(!built.exists("/run/buildkit") && !built.exists("/agent"));
+    f.assert_clean();
 }
 
 #[test]

@@ -16,8 +16,9 @@
 //! - `type=secret`: the value of `--secret id=ID` read now, as a file on
 //!   the step's private tmpfs and/or an environment variable. It is never
 //!   written to disk, logged or put in an error message.
-//! - `type=ssh`: the agent socket of `--ssh ID` bound in, `SSH_AUTH_SOCK`
-//!   pointing at the first one.
+//! - `type=ssh`: a socket with the mount's mode and owner forwarding to the
+//!   agent of `--ssh ID` (see `agent.rs`), `SSH_AUTH_SOCK` pointing at the
+//!   first one.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
@@ -31,6 +32,10 @@ use cache::store::StoreLock;
 use frontend::dockerignore::PatternMatcher;
 use frontend::graph::{CacheSharing, ExecMount, ExecMountKind, ExecOp};
 
+mod agent;
+
+use agent::AgentProxy;
+
 use super::{OpContext, State};
 use crate::rootfs::LayerChain;
 use crate::sandbox::{MountSource, StepMount, overlay_view, resolve_in_root};
@@ -43,6 +48,7 @@ pub(super) struct StepMounts {
     /// Secret variables and `SSH_AUTH_SOCK`, appended to the step's env.
     pub(super) env: Vec<String>,
     _locks: Vec<StoreLock>,
+    _agents: Vec<AgentProxy>,
     _temps: Vec<tempfile::TempDir>,
 }
 
@@ -226,7 +232,13 @@ fn prepare_one(
                 });
             }
         }
-        ExecMountKind::Ssh { id, required, .. } => {
+        ExecMountKind::Ssh {
+            id,
+            required,
+            mode,
+            uid,
+            gid,
+        } => {
             let Some(spec) = cx.request.ssh.iter().find(|s| &s.id == id) else {
                 if *required {
                     return Err(StepError::Invalid(format!(
@@ -238,11 +250,18 @@ fn prepare_one(
             if ssh_sock.is_none() {
                 *ssh_sock = Some(target.clone());
             }
+            let dir = cx.store.temp_dir("ssh-").map_err(store)?;
+            let proxy =
+                AgentProxy::start(dir, &spec.socket, *mode, *uid, *gid).map_err(io_error(
+                    "forward",
+                    format!("SSH agent {id:?} ({})", spec.socket.display()),
+                ))?;
             out.mounts.push(StepMount {
                 target,
-                source: MountSource::Host(spec.socket.clone()),
+                source: MountSource::Host(proxy.socket().to_path_buf()),
                 readonly: false,
             });
+            out._agents.push(proxy);
         }
     }
     Ok(())
@@ -558,6 +577,8 @@ fn cache_dir(
             }
         }
     }
+    // Marks it used for `builder prune`, which goes by the newest mtime.
+    let _ = fs::File::open(&dir).and_then(|d| d.set_modified(std::time::SystemTime::now()));
     Ok(dir)
 }
 
