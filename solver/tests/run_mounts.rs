@@ -6,7 +6,7 @@
 #![allow(clippy::result_large_err)]
 
 use std::fs;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
@@ -325,17 +325,31 @@ fn bind_from_context_is_read_only_unless_rw_and_honours_dockerignore() {
     fs::create_dir(f.context.join("sub")).unwrap();
     fs::write(f.context.join("sub/kept.txt"), "kept\n").unwrap();
     fs::write(f.context.join("sub/ignored.txt"), "ignored\n").unwrap();
+    fs::set_permissions(f.context.join("sub"), fs::Permissions::from_mode(0o750)).unwrap();
+    fs::write(f.context.join("a.log"), "").unwrap();
+    fs::write(f.context.join("keep.log"), "").unwrap();
+    fs::create_dir(f.context.join("skipdir")).unwrap();
+    fs::write(f.context.join("skipdir/x"), "").unwrap();
+    let ignore = "sub/ignored.txt\n*.log\n!keep.log\nskipdir\n";
     let dockerfile = "FROM busybox:test\n\
         RUN --mount=type=bind,target=/ctx \
         sh -c 'cat /ctx/data.txt > /copied; \
         if touch /ctx/new 2>/dev/null; then echo writable; else echo readonly; fi > /ro; \
-        ls /ctx/sub > /sublist'\n\
+        ls /ctx/sub > /sublist; ls /ctx > /rootlist; stat -c %a /ctx/sub > /submode'\n\
         RUN --mount=type=bind,source=sub,target=/s,rw \
         sh -c 'echo changed > /s/kept.txt && touch /s/new && cat /s/kept.txt > /rw'\n\
         RUN --mount=type=bind,source=data.txt,target=/etc/data.txt cat /etc/data.txt > /file\n";
     let mut req = f.request(dockerfile);
-    req.ignore = Some(PatternMatcher::from_dockerignore("sub/ignored.txt\n").unwrap());
+    req.ignore = Some(PatternMatcher::from_dockerignore(ignore).unwrap());
     let built = f.build_ok(&req);
+    assert_eq!(
+        built
+            .read("/rootlist")
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["data.txt", "keep.log", "sub"]
+    );
+    assert_eq!(built.read("/submode").trim(), "750");
     assert_eq!(built.read("/copied"), "context data\n");
     assert_eq!(built.read("/ro").trim(), "readonly");
     assert_eq!(built.read("/sublist").trim(), "kept.txt");
@@ -348,7 +362,10 @@ fn bind_from_context_is_read_only_unless_rw_and_honours_dockerignore() {
     );
     assert!(!f.context.join("new").exists() && !f.context.join("sub/new").exists());
     let n = built.layers.len();
-    assert_eq!(built.layer_paths(n - 3), ["copied", "ro", "sublist"]);
+    assert_eq!(
+        built.layer_paths(n - 3),
+        ["copied", "ro", "rootlist", "sublist", "submode"]
+    );
     assert_eq!(built.layer_paths(n - 2), ["rw"]);
     // /etc exists in the image, so its stub for the file does not show.
     assert_eq!(built.layer_paths(n - 1), ["file"]);

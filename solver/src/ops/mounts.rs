@@ -31,6 +31,7 @@ use cache::Digest;
 use cache::store::StoreLock;
 use frontend::dockerignore::PatternMatcher;
 use frontend::graph::{CacheSharing, ExecMount, ExecMountKind, ExecOp};
+use nix::sys::stat::{Mode, SFlag, mknod};
 
 mod agent;
 
@@ -315,31 +316,38 @@ fn bind_source(
     match state {
         State::Context { dir, name } => {
             let (host, rel, is_dir) = resolve_host(dir, path, &format!("build context {name:?}"))?;
-            let host = match &cx.request.ignore {
-                Some(ignore) if name == "context" => {
-                    if ignore.matches(&rel) {
-                        return Err(StepError::Invalid(format!(
-                            "bind source {path} is excluded by .dockerignore"
-                        )));
-                    }
-                    if is_dir
-                        && any_excluded(ignore, &host, &rel)
-                            .map_err(io_error("read", rel.clone()))?
-                    {
-                        let temp = cx.store.temp_dir("bind-").map_err(store)?;
-                        let copy = temp.path().join("tree");
-                        copy_tree(&host, &copy, Some((ignore, &rel)), true)
-                            .map_err(io_error("copy", format!("{path} of the build context")))?;
+            // Layers of the view, base first: the source, then a mask whose
+            // whiteouts hide what .dockerignore excludes (no copy).
+            let mut layers = vec![host.clone()];
+            if let (Some(ignore), "context") = (&cx.request.ignore, name.as_str()) {
+                if ignore.matches(&rel) {
+                    return Err(StepError::Invalid(format!(
+                        "bind source {path} is excluded by .dockerignore"
+                    )));
+                }
+                if is_dir {
+                    let temp = cx.store.temp_dir("bind-mask-").map_err(store)?;
+                    let mask = temp.path().join("mask");
+                    let masked = fs::create_dir(&mask)
+                        .and_then(|()| mask_excluded(ignore, &host, &rel, &mask))
+                        .and_then(|any| copy_dir_attrs(&host, &mask).map(|()| any))
+                        .map_err(io_error("filter", format!("{path} of the build context")))?;
+                    if masked {
+                        layers.push(mask);
                         out._temps.push(temp);
-                        copy
-                    } else {
-                        host
                     }
                 }
-                _ => host,
-            };
+            }
             if !rw {
-                return Ok((MountSource::Host(host), true));
+                if layers.len() == 1 {
+                    return Ok((MountSource::Host(host), true));
+                }
+                let view = overlay_view(&layers, None).map_err(StepError::Sandbox)?;
+                let source = MountSource::Detached {
+                    mount: Arc::new(view),
+                    subpath: String::new(),
+                };
+                return Ok((source, true));
             }
             let temp = cx.store.temp_dir("bind-rw-").map_err(store)?;
             let source = if is_dir {
@@ -348,7 +356,7 @@ fn bind_source(
                     fs::create_dir(d).map_err(io_error("create", d.display().to_string()))?;
                 }
                 let view =
-                    overlay_view(&[host], Some((&upper, &work))).map_err(StepError::Sandbox)?;
+                    overlay_view(&layers, Some((&upper, &work))).map_err(StepError::Sandbox)?;
                 MountSource::Detached {
                     mount: Arc::new(view),
                     subpath: String::new(),
@@ -451,21 +459,42 @@ fn resolve_host(dir: &Path, path: &str, what: &str) -> Result<(PathBuf, String, 
     Ok((dir.join(&rel), rel, is_dir))
 }
 
-/// Whether `.dockerignore` excludes anything below `dir` (at `rel` in the
-/// context).
-fn any_excluded(ignore: &PatternMatcher, dir: &Path, rel: &str) -> io::Result<bool> {
-    for entry in fs::read_dir(dir)? {
+/// Fills `mask` (an existing directory) with a whiteout for every entry
+/// below `src` (at `rel` in the context) that `.dockerignore` excludes, and
+/// the directories leading to them; returns whether there was any. An
+/// excluded directory that an exception may re-include from is walked
+/// instead of hidden, as the context is sent by BuildKit.
+fn mask_excluded(ignore: &PatternMatcher, src: &Path, rel: &str, mask: &Path) -> io::Result<bool> {
+    let mut any = false;
+    for entry in fs::read_dir(src)? {
         let entry = entry?;
         let name = entry.file_name();
         let child = join_rel(rel, &name.to_string_lossy());
-        if ignore.matches(&child) {
-            return Ok(true);
-        }
-        if entry.file_type()?.is_dir() && any_excluded(ignore, &entry.path(), &child)? {
-            return Ok(true);
+        let is_dir = entry.file_type()?.is_dir();
+        let excluded = ignore.matches(&child);
+        if excluded && !(is_dir && ignore.dir_may_contain_included(&child)) {
+            mknod(&mask.join(&name), SFlag::S_IFCHR, Mode::empty(), 0)?;
+            any = true;
+        } else if is_dir {
+            let sub = mask.join(&name);
+            fs::create_dir(&sub)?;
+            if mask_excluded(ignore, &entry.path(), &child, &sub)? {
+                copy_dir_attrs(&entry.path(), &sub)?;
+                any = true;
+            } else {
+                fs::remove_dir(&sub)?;
+            }
         }
     }
-    Ok(false)
+    Ok(any)
+}
+
+/// Gives `dst` the mode, owner and mtime of `src`: the top-most directory
+/// of an overlay decides how a merged directory looks.
+fn copy_dir_attrs(src: &Path, dst: &Path) -> io::Result<()> {
+    let meta = fs::metadata(src)?;
+    set_attrs(dst, meta.mode(), meta.uid(), meta.gid())?;
+    fs::File::open(dst)?.set_modified(meta.modified()?)
 }
 
 fn join_rel(rel: &str, name: &str) -> String {
@@ -477,70 +506,25 @@ fn join_rel(rel: &str, name: &str) -> String {
 }
 
 /// Copies the tree `src` to `dst` (which must not exist) with modes and
-/// owners, leaving out what `filter` excludes (`rel` is `src`'s path in the
-/// context). With `link`, files are hard links where the filesystem allows.
-fn copy_tree(
-    src: &Path,
-    dst: &Path,
-    filter: Option<(&PatternMatcher, &str)>,
-    link: bool,
-) -> io::Result<()> {
+/// owners; devices, fifos and sockets are left out.
+fn copy_tree(src: &Path, dst: &Path) -> io::Result<()> {
     let meta = fs::symlink_metadata(src)?;
     fs::create_dir(dst)?;
-    copy_tree_into(src, dst, filter, link)?;
-    std::os::unix::fs::lchown(dst, Some(meta.uid()), Some(meta.gid()))?;
-    fs::set_permissions(dst, fs::Permissions::from_mode(meta.mode() & 0o7777))
-}
-
-fn copy_tree_into(
-    src: &Path,
-    dst: &Path,
-    filter: Option<(&PatternMatcher, &str)>,
-    link: bool,
-) -> io::Result<()> {
     for entry in fs::read_dir(src)? {
         let entry = entry?;
-        let name = entry.file_name();
-        let rel = filter.map(|(_, rel)| join_rel(rel, &name.to_string_lossy()));
-        let (from, to) = (entry.path(), dst.join(&name));
+        let (from, to) = (entry.path(), dst.join(entry.file_name()));
         let meta = fs::symlink_metadata(&from)?;
-        let excluded = match (filter, &rel) {
-            (Some((ignore, _)), Some(rel)) => ignore.matches(rel),
-            _ => false,
-        };
         if meta.is_dir() {
-            if excluded
-                && !filter
-                    .is_some_and(|(i, _)| i.dir_may_contain_included(rel.as_deref().unwrap_or("")))
-            {
-                continue;
-            }
-            fs::create_dir(&to)?;
-            let sub = match (filter, &rel) {
-                (Some((ignore, _)), Some(rel)) => Some((ignore, rel.as_str())),
-                _ => None,
-            };
-            copy_tree_into(&from, &to, sub, link)?;
-            std::os::unix::fs::lchown(&to, Some(meta.uid()), Some(meta.gid()))?;
-            fs::set_permissions(&to, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
-            continue;
-        }
-        if excluded {
-            continue;
-        }
-        if meta.file_type().is_symlink() {
+            copy_tree(&from, &to)?;
+        } else if meta.file_type().is_symlink() {
             std::os::unix::fs::symlink(fs::read_link(&from)?, &to)?;
             std::os::unix::fs::lchown(&to, Some(meta.uid()), Some(meta.gid()))?;
         } else if meta.is_file() {
-            if !(link && fs::hard_link(&from, &to).is_ok()) {
-                fs::copy(&from, &to)?;
-                std::os::unix::fs::lchown(&to, Some(meta.uid()), Some(meta.gid()))?;
-                fs::set_permissions(&to, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
-            }
+            fs::copy(&from, &to)?;
+            set_attrs(&to, meta.mode(), meta.uid(), meta.gid())?;
         }
-        // Devices, fifos and sockets are left out.
     }
-    Ok(())
+    set_attrs(dst, meta.mode(), meta.uid(), meta.gid())
 }
 
 /// The cache mount directory for `id`, created (and seeded) on first use;
@@ -596,7 +580,7 @@ fn new_cache_dir(
                 (MountSource::Host(host), _) => host,
                 (MountSource::Detached { mount, subpath }, _) => {
                     let host = mount.path().join(&subpath);
-                    copy_tree(&host, dir, None, false).map_err(error())?;
+                    copy_tree(&host, dir).map_err(error())?;
                     drop(mount);
                     set_attrs(dir, mode, uid, gid).map_err(error())?;
                     return Ok(());
@@ -604,7 +588,7 @@ fn new_cache_dir(
                 _ => unreachable!("bind sources are host paths or views"),
             };
             if source.is_dir() {
-                copy_tree(&source, dir, None, false).map_err(error())?;
+                copy_tree(&source, dir).map_err(error())?;
             } else {
                 return Err(StepError::Invalid(format!(
                     "cache mount source {path} is not a directory"
