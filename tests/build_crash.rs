@@ -21,7 +21,7 @@ use common::{
 };
 use serde_json::json;
 
-const ITERATIONS: usize = 8;
+const ITERATIONS: usize = 10;
 /// The signal number of SIGKILL on Linux.
 const SIGKILL: i32 = 9;
 
@@ -188,7 +188,7 @@ fn sigkill_during_build_keeps_every_complete_result() {
         reused += done.len();
         check_store(&t.root());
         assert_eq!(
-            t.ok(&["run", "app", "cat", "/both", "/small/a"]),
+            t.ok(&["run", "app", "cat", "/both", "/a"]),
             "left\nright\na\n"
         );
         // And the one after that runs nothing.
@@ -204,4 +204,38 @@ fn sigkill_during_build_keeps_every_complete_result() {
         killed >= ITERATIONS / 2,
         "only {killed} kills hit a running build"
     );
+}
+
+#[test]
+fn sigkill_takes_the_running_sandboxes_along() {
+    if !sandbox_available() {
+        return;
+    }
+    let t = TestRoot::new();
+    t.busybox_image("busybox", json!({"Cmd": ["sh"]}));
+    let a = common::unique_seconds();
+    let b = common::unique_seconds();
+    let ctx = t.context(&[(
+        "Dockerfile",
+        &format!("FROM busybox AS a\nRUN sleep {a}\nFROM busybox\nRUN sleep {b}\nCOPY --from=a /etc/motd /\n"),
+    )]);
+    let mut c = t.builder();
+    c.args(["build", "--progress=quiet"])
+        .arg(&ctx)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = KillOnDrop(c.spawn().unwrap());
+    for s in [&a, &b] {
+        let found = common::wait_for_process(&["sleep", s], Duration::from_secs(10));
+        assert!(!found.is_empty(), "the step sleeping {s} never started");
+    }
+    let _ = child.0.kill();
+    child.0.wait().unwrap();
+    for s in [&a, &b] {
+        let left = common::wait_until_gone(&["sleep", s], Duration::from_secs(5));
+        assert!(left.is_empty(), "a sandbox outlived its build: {left:?}");
+    }
+    let mounts = mounts_under(&t.root());
+    assert!(mounts.is_empty(), "mounts left: {mounts:?}");
+    check_store(&t.root());
 }
