@@ -93,6 +93,7 @@ impl LinuxExecutor {
                 source,
             })?;
         }
+        stubs::remove_stale(&stubs);
         // Older kernels reject dropping capabilities they do not know; 40 is
         // CAP_CHECKPOINT_RESTORE, the last one as of Linux 6.18.
         let cap_last = fs::read_to_string("/proc/sys/kernel/cap_last_cap")

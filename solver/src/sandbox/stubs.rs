@@ -235,6 +235,27 @@ fn create_dir(path: &Path, mode: u32) -> io::Result<bool> {
     }
 }
 
+/// Removes stub layers that a builder process which is gone left behind
+/// (it was killed during a step); those of live processes are kept.
+pub(crate) fn remove_stale(stubs_parent: &Path) {
+    let Ok(entries) = fs::read_dir(stubs_parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let pid = name
+            .split('-')
+            .nth(1)
+            .and_then(|pid| pid.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}
+
 /// A file for the per-run tmpfs (a secret), bound on its target.
 pub(crate) struct StateFile<'a> {
     pub(crate) name: String,
@@ -308,7 +329,7 @@ pub(crate) fn prepare<'a>(
     let view;
     let root: BorrowedFd<'_> = if spec.rootfs.lowerdirs.is_empty() {
         empty = tempfile::Builder::new()
-            .prefix("empty-")
+            .prefix(&format!("empty-{}-", std::process::id()))
             .tempdir_in(stubs_parent)
             .map_err(state(stubs_parent))?;
         let dir = File::open(empty.path()).map_err(state(empty.path()))?;
@@ -411,7 +432,7 @@ pub(crate) fn prepare<'a>(
     }
     if stubs.iter().any(|s| !s.resolved.exists()) {
         let dir = tempfile::Builder::new()
-            .prefix("run-")
+            .prefix(&format!("run-{}-", std::process::id()))
             .tempdir_in(stubs_parent)
             .map_err(state(stubs_parent))?;
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))
@@ -488,6 +509,19 @@ mod tests {
         assert_eq!((r.existing.len(), r.target), (1, None));
         symlink("loop", root.join("loop")).unwrap();
         assert!(resolve(fd.as_fd(), "/loop/x").is_err());
+    }
+
+    #[test]
+    fn stale_stub_layers_of_dead_processes_are_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dead = tmp.path().join("run-999999999-abc");
+        let live = tmp.path().join(format!("run-{}-def", std::process::id()));
+        let other = tmp.path().join("unrelated");
+        for dir in [&dead, &live, &other] {
+            fs::create_dir_all(dir.join("x")).unwrap();
+        }
+        remove_stale(tmp.path());
+        assert!(!dead.exists() && live.exists() && other.exists());
     }
 
     #[test]
