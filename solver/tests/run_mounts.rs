@@ -602,3 +602,43 @@ fn a_mountpoint_inside_a_read_only_context_bind_is_never_created_in_the_context(
     assert_eq!(fs::read_dir(f.context.join("dir")).unwrap().count(), 0);
     f.assert_clean();
 }
+
+/// Two builds whose steps meet through a shared cache (so they surely run
+/// at once) and both mount one `sharing=private` cache: one gets the cache,
+/// the other a fresh directory, so neither sees the other's marker.
+#[test]
+fn private_cache_mount_in_use_gives_a_fresh_directory() {
+    require_root!();
+    let f = Fixture::new();
+    let script = |name: &str, other: &str| {
+        format!(
+            "FROM busybox:test\n\
+             RUN --mount=type=cache,id=meet,target=/meet,sharing=shared \
+             --mount=type=cache,id=mine,target=/c,sharing=private \
+             sh -c 'touch /c/{name} /meet/{name}; i=0; \
+             while [ ! -e /meet/{other} ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; \
+             test -e /meet/{other} && ls /c > /seen'\n"
+        )
+    };
+    let (a, b) = (f.request(&script("a", "b")), f.request(&script("b", "a")));
+    let (ra, rb) = std::thread::scope(|s| {
+        let ta = s.spawn(|| f.build(&a).map_err(|e| chain(&e)));
+        let tb = s.spawn(|| f.build(&b).map_err(|e| chain(&e)));
+        (ta.join().unwrap().unwrap(), tb.join().unwrap().unwrap())
+    });
+    let (ba, bb) = (Built::new(&f, ra), Built::new(&f, rb));
+    assert_eq!(ba.read("/seen").trim(), "a");
+    assert_eq!(bb.read("/seen").trim(), "b");
+    // Only the step that held the cache left its marker in it.
+    let kept: Vec<String> = fs::read_dir(
+        f.store
+            .root()
+            .join("mounts")
+            .join(Digest::of(b"mine").hex()),
+    )
+    .unwrap()
+    .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+    .collect();
+    assert!(kept == ["a"] || kept == ["b"], "{kept:?}");
+    f.assert_clean();
+}
