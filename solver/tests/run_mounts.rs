@@ -390,14 +390,24 @@ fn bind_from_a_stage_sees_its_files_and_cannot_escape_it() {
         FROM busybox:test\n\
         RUN --mount=type=bind,from=src,source=/link,target=/m \
         sh -c 'cat /m/f > /got; ls /m/up/ > /up; \
-        if touch /m/x 2>/dev/null; then echo writable; else echo readonly; fi > /ro'\n";
+        if touch /m/x 2>/dev/null; then echo writable; else echo readonly; fi > /ro'\n\
+        RUN --mount=type=bind,from=busybox:test,source=/etc/passwd,target=/p cp /p /passwd\n\
+        RUN --mount=type=bind,from=src,source=/out,target=/w,rw \
+        sh -c 'echo changed > /w/f; cat /w/f > /rw'\n\
+        RUN --mount=type=bind,from=src,source=/out,target=/again cat /again/f > /after\n";
     let built = f.build_ok(&f.request(dockerfile));
+    assert!(built.read("/passwd").starts_with("root:x:0:0"));
+    assert_eq!(built.read("/rw").trim(), "changed");
+    // The rw step's write went nowhere: the stage is unchanged.
+    assert_eq!(built.read("/after").trim(), "from-stage");
     assert_eq!(built.read("/got").trim(), "from-stage");
     assert_eq!(built.read("/ro").trim(), "readonly");
     // `up` points at the stage's own root, seen through the bind as the
     // step's root (the link is read inside the step).
     assert!(built.read("/up").contains("bin"));
-    assert_eq!(built.last_layer_paths(), ["got", "ro", "up"]);
+    let n = built.layers.len();
+    assert_eq!(built.layer_paths(n - 4), ["got", "ro", "up"]);
+    assert_eq!(built.layer_paths(n - 3), ["passwd"]);
 
     let err = f.build_err(&f.request(
         "FROM busybox:test AS src\nRUN true\nFROM busybox:test\n\

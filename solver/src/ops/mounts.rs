@@ -8,10 +8,11 @@
 //!   run one after the other, also across builds), `private` the exclusive
 //!   one if it is free and otherwise a fresh directory thrown away after
 //!   the step. Its contents never enter a layer or a cache key.
-//! - `type=bind`: a path of the build context (a filtered copy when
-//!   `.dockerignore` excludes something below it) or of a stage, resolved
-//!   inside it; read-only unless `rw`, whose writes go to a throwaway
-//!   overlay upper.
+//! - `type=bind`: a path of the build context or of a stage, resolved
+//!   inside it (links cannot lead out). What `.dockerignore` excludes below
+//!   a context path is hidden by an overlay layer of whiteouts on top of it,
+//!   so nothing is copied. Read-only unless `rw`, whose writes go to a
+//!   throwaway overlay upper.
 //! - `type=tmpfs`: a fresh tmpfs.
 //! - `type=secret`: the value of `--secret id=ID` read now, as a file on
 //!   the step's private tmpfs and/or an environment variable. It is never
