@@ -446,3 +446,94 @@ fn concurrent_checksums_share_one_hasher() {
         }
     });
 }
+
+mod copy_common;
+
+/// The selection is what COPY copies: for a source directory, the entries
+/// below it are exactly the files COPY writes (.dockerignore with
+/// exceptions, `--exclude` with exceptions, links, hidden files).
+#[test]
+fn entries_match_what_copy_writes() {
+    if !copy_common::require_root() {
+        return;
+    }
+    let f = Fixture::new();
+    for rel in [
+        "src/a.rs",
+        "src/.hidden",
+        "src/b.log",
+        "src/t.tmp",
+        "src/deep/c.log",
+        "src/deep/keep.log",
+        "src/deep/u.tmp",
+        "src/vendor/x/y.txt",
+        "src/vendor/keep/z.txt",
+        "src/ignored_dir/f",
+        "top.txt",
+    ] {
+        f.write(rel, rel);
+    }
+    symlink("a.rs", f.path("src/link")).unwrap();
+    symlink("/nowhere", f.path("src/dangling")).unwrap();
+    let ignore = PatternMatcher::new([
+        "src/vendor",
+        "!src/vendor/keep",
+        "**/*.tmp",
+        "src/ignored_dir",
+    ])
+    .unwrap();
+    let cases: [(&str, &[&str]); 4] = [
+        ("/src", &["*.log", "!deep/keep.log"]),
+        ("/src", &[]),
+        ("/src/deep", &["keep.log"]),
+        ("/", &["src/deep", "top.txt"]),
+    ];
+    for (source, exclude) in cases {
+        let exclude: Vec<String> = exclude.iter().map(|s| s.to_string()).collect();
+        let flags: String = exclude.iter().map(|e| format!("--exclude={e} ")).collect();
+        let op = copy_common::copy_op(&format!(
+            "COPY {flags}{} /out/",
+            source.trim_start_matches('/').to_owned() + if source == "/" { "." } else { "" }
+        ));
+        let dest = tempfile::tempdir().unwrap();
+        let mut env = copy_common::Env::context(f.ctx.path(), dest.path());
+        env.ignore = Some(&ignore);
+        env.apply(&op).unwrap();
+        let copied: Vec<String> = copy_common::listing(&dest.path().join("out"))
+            .into_iter()
+            .map(|p| p.trim_end_matches('/').to_owned())
+            .collect();
+        let sum = f.sum_with(&[source], &exclude, Some(&ignore));
+        let prefix = format!("{}/", source.trim_start_matches('/'));
+        let mut selected: Vec<String> = sum
+            .entries
+            .iter()
+            .filter_map(|(name, _)| {
+                if source == "/" {
+                    (name != ".").then(|| name.clone())
+                } else {
+                    name.strip_prefix(&prefix).map(str::to_owned)
+                }
+            })
+            .collect();
+        selected.sort();
+        assert_eq!(selected, copied, "COPY {flags}{source}");
+        if source == "/src" && !exclude.is_empty() {
+            assert_eq!(
+                copied,
+                [
+                    ".hidden",
+                    "a.rs",
+                    "dangling",
+                    "deep",
+                    "deep/c.log",
+                    "deep/keep.log",
+                    "link",
+                    "vendor",
+                    "vendor/keep",
+                    "vendor/keep/z.txt"
+                ]
+            );
+        }
+    }
+}
