@@ -425,15 +425,21 @@ fn tmpfs_mount_is_fresh_and_sized() {
     let f = Fixture::new();
     let dockerfile = "FROM busybox:test\n\
         RUN --mount=type=tmpfs,target=/scratch,size=2m \
-        sh -c 'grep \" /scratch \" /proc/mounts > /mounts; echo x > /scratch/y; ls /scratch > /ls'\n";
+        sh -c 'grep \" /scratch \" /proc/mounts > /mounts; echo x > /scratch/y; ls /scratch > /ls'\n\
+        WORKDIR /w\n\
+        RUN --mount=type=tmpfs,target=rel sh -c 'grep -c \" /w/rel tmpfs\" /proc/mounts > /rel'\n";
     let built = f.build_ok(&f.request(dockerfile));
+    // A relative target is below the working directory.
+    assert_eq!(built.read("/rel").trim(), "1");
+    assert!(!built.exists("/w/rel"));
     let mounts = built.read("/mounts");
     assert!(
         mounts.starts_with("tmpfs /scratch tmpfs") && mounts.contains("size=2048k"),
         "{mounts}"
     );
     assert_eq!(built.read("/ls").trim(), "y");
-    assert_eq!(built.last_layer_paths(), ["ls", "mounts"]);
+    assert_eq!(built.layer_paths(built.layers.len() - 3), ["ls", "mounts"]);
+    assert_eq!(built.last_layer_paths(), ["rel"]);
 }
 
 const SECRET: &str = "hunter2-very-secret-value";

@@ -40,7 +40,12 @@ pub(crate) fn validate(env: &[String]) -> Result<(), String> {
     for entry in env {
         match entry.split_once('=') {
             Some((key, _)) if !key.is_empty() && !entry.contains('\0') => {}
-            _ => return Err(format!("environment entry {entry:?} is not KEY=VALUE")),
+            // Only the name: the value may be a secret.
+            Some((key, _)) if !key.is_empty() => {
+                return Err(format!("environment variable {key:?} contains a NUL byte"));
+            }
+            Some(_) => return Err("an environment variable has an empty name".into()),
+            None => return Err(format!("environment entry {entry:?} is not KEY=VALUE")),
         }
     }
     Ok(())
@@ -115,5 +120,10 @@ mod tests {
         assert!(validate(&strings(&["NOEQUALS"])).is_err());
         assert!(validate(&strings(&["=value"])).is_err());
         assert!(validate(&strings(&["A=b\0c"])).is_err());
+        // Messages never show a value: it may be a secret.
+        for bad in ["=hunter2", "A=hunter2\0"] {
+            let message = validate(&strings(&[bad])).unwrap_err();
+            assert!(!message.contains("hunter2"), "{message}");
+        }
     }
 }

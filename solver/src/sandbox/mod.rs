@@ -91,7 +91,10 @@ pub struct RootFs {
 }
 
 /// Everything that defines one RUN step.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Its `Debug` shows only the names of the environment variables: a value
+/// may be a secret (`RUN --mount=type=secret,env=...`).
+#[derive(Clone, PartialEq, Eq)]
 pub struct RunSpec {
     pub rootfs: RootFs,
     /// The command and its arguments. A first element without `/` is looked
@@ -234,6 +237,29 @@ pub struct StepFile {
     /// Permission bits, e.g. 0o755 for a script.
     pub mode: u32,
     pub content: Vec<u8>,
+}
+
+impl std::fmt::Debug for RunSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let env_names: Vec<&str> = self
+            .env
+            .iter()
+            .map(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k))
+            .collect();
+        f.debug_struct("RunSpec")
+            .field("rootfs", &self.rootfs)
+            .field("argv", &self.argv)
+            .field("env (names)", &env_names)
+            .field("user", &self.user)
+            .field("cwd", &self.cwd)
+            .field("hostname", &self.hostname)
+            .field("network", &self.network)
+            .field("extra_hosts", &self.extra_hosts)
+            .field("privileged", &self.privileged)
+            .field("files", &self.files)
+            .field("mounts", &self.mounts)
+            .finish()
+    }
 }
 
 impl RunSpec {
