@@ -61,11 +61,13 @@ fn assert_nowhere(root: &Path, outputs: &[(&str, String)], needle: &str) {
     let files = files_under(root);
     // blobs, keys, snapshots, sandbox state...: there must be something to
     // search, or the test proves nothing.
-    assert!(
-        files.iter().any(|f| f.starts_with(root.join("blobs"))),
-        "no blobs under {}",
-        root.display()
-    );
+    for dir in ["blobs", "keys", "snapshots", "context-cache"] {
+        assert!(
+            files.iter().any(|f| f.starts_with(root.join(dir))),
+            "nothing in {dir}/ under {}",
+            root.display()
+        );
+    }
     for file in &files {
         for data in decoded(fs::read(file).unwrap()) {
             assert!(
@@ -90,6 +92,7 @@ fn secrets_are_usable_and_found_nowhere() {
     let secret_file = t.path("secret.txt");
     fs::write(&secret_file, SECRET).unwrap();
     let dockerfile = "FROM busybox\n\
+        COPY Dockerfile /Dockerfile.copy\n\
         RUN --mount=type=secret,id=tok wc -c < /run/secrets/tok > /len \
          && cat /run/secrets/tok > /dev/null && echo used-file\n\
         RUN --mount=type=secret,id=envtok,env=TOKEN echo ${#TOKEN} > /envlen \
