@@ -218,3 +218,32 @@ fn cache_mounts_stay_until_prune_all() {
     root.build_ok(&ctx, &["-t", "mnt"]);
     assert_eq!(du_row(&root.ok(&["du"]), "Cache mounts").0, 1);
 }
+
+#[test]
+fn bad_sizes_and_filters_are_usage_errors() {
+    let root = TestRoot::new();
+    for (args, message) in [
+        (
+            &["prune", "--keep-storage", "5XB"][..],
+            "invalid size \"5XB\": unknown unit",
+        ),
+        (
+            &["prune", "--filter", "until=1x"],
+            "invalid duration \"1x\"",
+        ),
+        (
+            &["prune", "--filter", "label=a"],
+            "unsupported filter \"label\"",
+        ),
+        (&["prune", "--filter", "24h"], "expected until=DURATION"),
+    ] {
+        let out = root.output(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = common::stderr(&out);
+        assert!(err.contains(message), "{args:?}: {err}");
+    }
+    // An empty store: nothing to do, said plainly.
+    assert_eq!(root.ok(&["prune", "-a", "-f"]), "Total: 0B\n");
+    let du = root.ok(&["du"]);
+    assert_eq!(du_total(&du, "Total:"), 0, "{du}");
+}
