@@ -585,3 +585,71 @@ fn progress_is_coherent_per_step() {
     assert!(open.is_empty());
     assert_eq!(done, 4);
 }
+
+#[test]
+fn a_bind_mount_of_the_context_is_keyed_by_what_it_mounts() {
+    require_root!();
+    let f = Fixture::new();
+    fs::create_dir(f.context.join("src")).unwrap();
+    f.write("src/main.c", "int main;");
+    f.write("other", "x");
+    let req = f.request(
+        "FROM scratch\n\
+         RUN --mount=type=bind,source=src,target=/src compile\n",
+    );
+    f.build(&req, &FakeExecutor::default(), &solver::NoProgress)
+        .unwrap();
+    // Outside the mounted subtree: nothing runs.
+    f.write("other", "y");
+    let exec = FakeExecutor::default();
+    f.build(&req, &exec, &solver::NoProgress).unwrap();
+    assert!(exec.runs().is_empty(), "{:?}", exec.runs());
+    // Inside: the step runs again and says which file changed.
+    f.write("src/main.c", "int main(void);");
+    let exec = FakeExecutor::default();
+    let progress = Recorder::default();
+    f.build(&req, &exec, &progress).unwrap();
+    assert_eq!(exec.runs(), ["compile"]);
+    assert_eq!(
+        progress.misses(),
+        ["RUN --mount=type=bind,source=src,target=/src compile: src/main.c changed"]
+    );
+}
+
+#[test]
+fn a_secret_value_is_not_part_of_the_key_nor_of_what_the_cache_keeps() {
+    require_root!();
+    let f = Fixture::new();
+    let secret = f.context.parent().unwrap().join("secret");
+    let value = "s3cr3t-value-4711";
+    fs::write(&secret, value).unwrap();
+    let mut req = f.request("FROM scratch\nRUN --mount=type=secret,id=token use-secret\n");
+    req.secrets = vec![solver::SecretSpec {
+        id: "token".into(),
+        source: solver::SecretSource::File(secret.clone()),
+    }];
+    f.build(&req, &FakeExecutor::default(), &solver::NoProgress)
+        .unwrap();
+    // Another value does not make the step run again (as in BuildKit).
+    fs::write(&secret, "another-value").unwrap();
+    let exec = FakeExecutor::default();
+    f.build(&req, &exec, &solver::NoProgress).unwrap();
+    assert!(exec.runs().is_empty(), "{:?}", exec.runs());
+    // Nothing the key index keeps (records, notes) holds the value.
+    let mut stack = vec![f.store.root().join("keys")];
+    let mut files = 0;
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files += 1;
+                let bytes = fs::read(&path).unwrap();
+                let text = String::from_utf8_lossy(&bytes);
+                assert!(!text.contains(value), "{} holds the secret", path.display());
+            }
+        }
+    }
+    assert!(files >= 2, "no record or note was written");
+}
