@@ -537,3 +537,19 @@ fn entries_match_what_copy_writes() {
         }
     }
 }
+
+#[test]
+fn one_hasher_answers_a_selection_once() {
+    let f = Fixture::new();
+    sample(&f);
+    let h = f.hasher(None);
+    let sel = Selection {
+        paths: vec!["/src"],
+        exclude: &[],
+    };
+    let first = h.checksum(&sel).unwrap();
+    f.write("src/main.rs", "changed");
+    // One build sees one state of its context.
+    assert_eq!(h.checksum(&sel).unwrap(), first);
+    assert_ne!(f.sum(&["/src"]), first);
+}

@@ -38,7 +38,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use cache::Digest;
@@ -128,6 +128,9 @@ pub struct ContextHasher {
     tmp_dir: PathBuf,
     cache: RwLock<statcache::Map>,
     dirty: AtomicBool,
+    /// Sums already computed, by (paths, exclude): a build sees one state
+    /// of its context, and two steps with the same sources cost one walk.
+    sums: Mutex<HashMap<SelectionKey, ContextSum>>,
     files_read: AtomicU64,
     bytes_read: AtomicU64,
     cache_hits: AtomicU64,
@@ -143,6 +146,9 @@ impl std::fmt::Debug for ContextHasher {
             .finish_non_exhaustive()
     }
 }
+
+/// A selection's paths and excludes, owned.
+type SelectionKey = (Vec<String>, Vec<String>);
 
 /// What hashing one node found.
 enum Content {
@@ -174,10 +180,15 @@ fn hash_file(host: &Path) -> io::Result<([u8; 32], u64)> {
     thread_local! {
         static BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_BUFFER]);
     }
+    // O_NONBLOCK: a file replaced by a FIFO since it was stat'ed must not
+    // block the build (it changes nothing for a regular file).
     let mut file = OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(host)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other("no longer a regular file"));
+    }
     let mut h = Sha256::new();
     let mut total = 0u64;
     BUF.with_borrow_mut(|buf| {
@@ -278,6 +289,7 @@ impl ContextHasher {
             tmp_dir: store.root().join("tmp"),
             cache: RwLock::new(map),
             dirty: AtomicBool::new(false),
+            sums: Mutex::new(HashMap::new()),
             files_read: AtomicU64::new(0),
             bytes_read: AtomicU64::new(0),
             cache_hits: AtomicU64::new(0),
@@ -307,8 +319,31 @@ impl ContextHasher {
         self.cache.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The checksum of exactly what COPY/ADD with these sources reads.
+    /// The checksum of exactly what COPY/ADD with these sources reads. The
+    /// same selection twice gives the first answer again.
     pub fn checksum(&self, sel: &Selection<'_>) -> Result<ContextSum, ContextHashError> {
+        let memo_key = (
+            sel.paths
+                .iter()
+                .map(|p| (*p).to_owned())
+                .collect::<Vec<_>>(),
+            sel.exclude.to_vec(),
+        );
+        if let Some(sum) = self.lock_sums().get(&memo_key) {
+            return Ok(sum.clone());
+        }
+        let sum = self.compute(sel)?;
+        self.lock_sums()
+            .entry(memo_key)
+            .or_insert_with(|| sum.clone());
+        Ok(sum)
+    }
+
+    fn lock_sums(&self) -> MutexGuard<'_, HashMap<SelectionKey, ContextSum>> {
+        self.sums.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn compute(&self, sel: &Selection<'_>) -> Result<ContextSum, ContextHashError> {
         // Taken before anything is stat'ed or read: see Stat::trusted_at.
         let start = now_ns();
         let mut found = select::Found::default();
