@@ -221,3 +221,42 @@ fn cache_mount_persists_between_builds_and_ssh_is_forwarded() {
     assert_eq!(runs, ["1", "2"]);
     t.check_store();
 }
+
+/// What a bind mount reads from the context is part of the step's cache
+/// key; a cache mount's contents and a secret's value are not.
+#[test]
+fn bind_mounted_context_files_decide_whether_a_step_reruns() {
+    if !sandbox_available() {
+        return;
+    }
+    let t = TestRoot::new();
+    t.busybox_image("busybox", json!({"Cmd": ["sh"]}));
+    let secret_file = t.path("secret.txt");
+    fs::write(&secret_file, "first value").unwrap();
+    let dockerfile = "FROM busybox\n\
+        RUN --mount=type=bind,source=input,target=/i cat /i/a > /from-a\n\
+        RUN --mount=type=cache,target=/c --mount=type=secret,id=s touch /c/x /other\n";
+    let ctx = t.context(&[
+        ("Dockerfile", dockerfile),
+        ("input/a", "one\n"),
+        ("unrelated", "u\n"),
+    ]);
+    let secret_arg = format!("id=s,src={}", secret_file.display());
+    let bind = "RUN --mount=type=bind,source=input,target=/i cat /i/a > /from-a";
+    let other = "RUN --mount=type=cache,target=/c --mount=type=secret,id=s touch /c/x /other";
+    let events = t.build_json_ok(&ctx, &["--secret", &secret_arg]);
+    assert_eq!(events.ran(), [bind, other]);
+    // Nothing that the steps read changed.
+    fs::write(ctx.join("unrelated"), "changed\n").unwrap();
+    fs::write(&secret_file, "second value").unwrap();
+    let events = t.build_json_ok(&ctx, &["--secret", &secret_arg]);
+    assert!(events.ran().is_empty(), "{:?}", events.ran());
+    // The bound file changed: the bind step and the one after it re-run.
+    fs::write(ctx.join("input/a"), "two\n").unwrap();
+    let out = t.path("out");
+    let local = format!("type=local,dest={}", out.display());
+    let events = t.build_json_ok(&ctx, &["--secret", &secret_arg, "-o", &local]);
+    assert_eq!(events.ran(), [bind, other]);
+    assert_eq!(fs::read_to_string(out.join("from-a")).unwrap(), "two\n");
+    t.check_store();
+}
