@@ -3,7 +3,8 @@
 //! had finished well before the kill comes back from the cache.
 //!
 //! The kill points are random (a seeded xorshift; the seed is printed, and
-//! `CRASH_SEED=N` replays a run) over the measured length of a cold build.
+//! `CRASH_SEED=N` replays a run): a random delay after a random number of
+//! steps have finished.
 //! "Finished well before the kill" is every step with a `done` event in the
 //! killed build's `--progress=json` output except the last one, whose cache
 //! record may have been cut short.
@@ -98,6 +99,42 @@ fn done_before(events: &Events, before: f64) -> Vec<String> {
         .collect()
 }
 
+/// Every cache record in `keys/` is whole (it parses) and names only blobs
+/// that are in the store: blobs are written before the record that names
+/// them, so no kill can leave a record without its layers.
+fn check_records(root: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(root.join("keys")) else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in entries {
+        let path = e.unwrap().path();
+        if path.is_dir() {
+            continue;
+        }
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let hex = name
+            .strip_suffix(".json")
+            .unwrap_or_else(|| panic!("unexpected entry {name} in keys/"));
+        assert!(
+            format!("sha256:{hex}").parse::<cache::Digest>().is_ok(),
+            "unexpected entry {name} in keys/"
+        );
+        let record: cache::keys::CacheRecord = serde_json::from_slice(&fs::read(&path).unwrap())
+            .unwrap_or_else(|e| panic!("record {name} does not parse: {e}"));
+        for layer in &record.layers {
+            assert!(
+                root.join("blobs/sha256").join(layer.digest.hex()).exists(),
+                "record {name} ({}) names a missing blob {}",
+                record.description,
+                layer.digest
+            );
+        }
+        n += 1;
+    }
+    n
+}
+
 fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -105,16 +142,38 @@ fn unix_now() -> f64 {
         .as_secs_f64()
 }
 
-/// Starts a build with its events going to `log`, SIGKILLs it after
-/// `after`; returns whether it was still running and the kill's time.
-fn kill_build_after(t: &TestRoot, ctx: &Path, log: &Path, after: Duration) -> (bool, f64) {
+/// How many steps (RUN/COPY) the Dockerfile has.
+const STEPS: usize = 11;
+
+/// Starts a build with its events going to `log` and SIGKILLs it `extra`
+/// after its `after_done`-th step finished (0: `extra` after the start):
+/// anchoring the kill to the build's own progress spreads the kills over
+/// every phase however loaded the machine is. Returns whether the build was
+/// still running and the kill's time.
+fn kill_build(
+    t: &TestRoot,
+    ctx: &Path,
+    log: &Path,
+    after_done: usize,
+    extra: Duration,
+) -> (bool, f64) {
     let mut c = t.builder();
     c.args(["build", "--progress=json", "-t", "app"])
         .arg(ctx)
         .stdout(Stdio::null())
         .stderr(fs::File::create(log).unwrap());
     let mut child = KillOnDrop(c.spawn().unwrap());
-    std::thread::sleep(after);
+    let start = Instant::now();
+    while after_done > 0 && start.elapsed() < Duration::from_secs(60) {
+        let events = Events::parse(&fs::read_to_string(log).unwrap_or_default());
+        if done_before(&events, f64::INFINITY).len() >= after_done
+            || child.0.try_wait().unwrap().is_some()
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(extra);
     let at = unix_now();
     // Child::kill sends SIGKILL.
     let _ = child.0.kill();
@@ -139,32 +198,22 @@ fn sigkill_during_build_keeps_every_complete_result() {
     eprintln!("CRASH_SEED={seed}");
     let mut rng = Rng(seed | 1);
 
-    // How long a cold build takes here.
-    let calibrate = TestRoot::new();
-    calibrate.busybox_image("busybox", json!({"Cmd": ["sh"]}));
-    let ctx = context(&calibrate);
-    let start = Instant::now();
-    calibrate.build_json_ok(&ctx, &["-t", "app"]);
-    let total = start.elapsed();
-    eprintln!("a cold build takes {total:?}");
-
     let mut killed = 0;
     let mut reused = 0;
     for i in 0..ITERATIONS {
         let t = TestRoot::new();
         t.busybox_image("busybox", json!({"Cmd": ["sh"]}));
         let ctx = context(&t);
-        // Over the first 95% of a cold build: the machine is shared and a
-        // later kill often finds the build gone.
-        let after = total.mul_f64(0.95 * rng.unit());
+        let after_done = (rng.next() % STEPS as u64) as usize;
+        let extra = Duration::from_secs_f64(0.4 * rng.unit());
         let log = t.path("killed.log");
-        let (was_running, at) = kill_build_after(&t, &ctx, &log, after);
+        let (was_running, at) = kill_build(&t, &ctx, &log, after_done, extra);
         let events = Events::parse(&fs::read_to_string(&log).unwrap());
         let mut done = done_before(&events, at);
         // The last one's record may have been cut short by the kill.
         done.pop();
         eprintln!(
-            "iteration {i}: killed after {after:?} ({}), complete before: {done:?}",
+            "iteration {i}: killed {extra:?} after {after_done} steps finished ({}), complete before: {done:?}",
             if was_running {
                 "running"
             } else {
@@ -176,6 +225,12 @@ fn sigkill_during_build_keeps_every_complete_result() {
         }
 
         check_store(&t.root());
+        let records = check_records(&t.root());
+        assert!(
+            records >= done.len(),
+            "iteration {i}: {records} records for {} complete steps",
+            done.len()
+        );
 
         let again = t.build_json_ok(&ctx, &["-t", "app"]);
         let cached = again.cached();
@@ -187,6 +242,7 @@ fn sigkill_during_build_keeps_every_complete_result() {
         }
         reused += done.len();
         check_store(&t.root());
+        check_records(&t.root());
         assert_eq!(
             t.ok(&["run", "app", "cat", "/both", "/a"]),
             "left\nright\na\n"
