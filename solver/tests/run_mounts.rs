@@ -658,3 +658,18 @@ fn private_cache_mount_in_use_gives_a_fresh_directory() {
     assert!(kept == ["a"] || kept == ["b"], "{kept:?}");
     f.assert_clean();
 }
+
+/// BuildKit's pattern for tools that must not end up in the image: a
+/// `FROM scratch` step runs a shell bound in from another image.
+#[test]
+fn a_scratch_step_runs_tools_bound_in_from_an_image() {
+    require_root!();
+    let f = Fixture::new();
+    let dockerfile = "FROM scratch\n\
+        RUN --mount=type=bind,from=busybox:test,source=/bin,target=/bin \
+        [\"/bin/sh\", \"-c\", \"echo made > /made\"]\n";
+    let built = f.build_ok(&f.request(dockerfile));
+    assert_eq!(built.read("/made").trim(), "made");
+    assert_eq!(built.last_layer_paths(), ["made"]);
+    assert!(!built.exists("/bin"));
+}
