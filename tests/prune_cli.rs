@@ -247,3 +247,50 @@ fn bad_sizes_and_filters_are_usage_errors() {
     let du = root.ok(&["du"]);
     assert_eq!(du_total(&du, "Total:"), 0, "{du}");
 }
+
+#[test]
+fn prune_during_concurrent_builds_removes_nothing_they_need() {
+    let Some((root, _)) = setup() else { return };
+    let builds: Vec<_> = (0..3)
+        .map(|i| {
+            let ctx = root.context(&[
+                (
+                    "Dockerfile",
+                    &format!(
+                        "FROM busybox\nRUN echo {i} > /n && sleep 1\nCOPY f /f\nRUN cat /n /f > /out\n"
+                    ),
+                ),
+                ("f", "file\n"),
+            ]);
+            let mut c = root.builder();
+            c.env("BUILDER_GC_KEEP_STORAGE", "1B")
+                .args(["build", "--progress=plain", "-t", &format!("c{i}")])
+                .arg(&ctx);
+            c.stdout(Stdio::null()).stderr(Stdio::piped());
+            c.spawn().unwrap()
+        })
+        .collect();
+    let mut prunes = Vec::new();
+    for _ in 0..4 {
+        let mut c = root.builder();
+        c.args(["prune", "-a"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        prunes.push(c.spawn().unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    for b in builds {
+        let out = b.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", common::stderr(&out));
+    }
+    for mut p in prunes {
+        assert!(p.wait().unwrap().success());
+    }
+    root.check_store();
+    for i in 0..3 {
+        assert_eq!(
+            root.ok(&["run", "--rm", &format!("c{i}"), "cat", "/out"]),
+            format!("{i}\nfile\n")
+        );
+    }
+}
