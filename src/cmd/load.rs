@@ -21,6 +21,8 @@ pub(crate) struct LoadArgs {
 
 pub(crate) fn run(root: &Path, args: LoadArgs) -> anyhow::Result<ExitCode> {
     let images = super::images::open(root)?;
+    // Prune waits for this: the blobs have no name until the import ends.
+    let _gc = images.store().lock_shared(cache::gc::GC_LOCK)?;
     let opts = ImportOptions::default();
     let loaded = match args.input.as_deref() {
         Some(path) if path != Path::new("-") => {
