@@ -42,7 +42,7 @@ use crate::solve::BuildRequest;
 
 /// The version of the key scheme; changing how anything is keyed must
 /// change it, so that old records are never matched by new keys.
-pub const KEY_VERSION: &str = "builder-cache-key-v1";
+pub const KEY_VERSION: &str = "builder-cache-key-v2";
 
 /// One named input of a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,7 +88,7 @@ impl KeyBuilder {
             components: Vec::new(),
             files: BTreeMap::new(),
         };
-        b.add("op", &[op.as_bytes()]);
+        b.add("instruction", &[op.as_bytes()]);
         b
     }
 

@@ -24,7 +24,7 @@ use cache::store::{Store, StoreLock};
 use frontend::graph::{BuildGraph, Op, VertexId};
 use serde::{Deserialize, Serialize};
 
-use crate::cachekey::VertexKey;
+use crate::cachekey::{KEY_VERSION, VertexKey};
 use crate::ops::{OpContext, State, operation};
 use crate::resolver::error_chain;
 use crate::rootfs::{ChainLayer, LayerChain};
@@ -490,6 +490,10 @@ fn run_vertex(
 #[derive(Debug, Serialize, Deserialize)]
 struct Note {
     version: u32,
+    /// The key scheme the components come from; another one compares
+    /// nothing.
+    #[serde(default)]
+    key_version: String,
     components: Vec<(String, String)>,
     #[serde(default)]
     files: BTreeMap<String, Vec<(String, String)>>,
@@ -501,6 +505,7 @@ impl Note {
     fn of(key: &VertexKey) -> Note {
         Note {
             version: NOTE_VERSION,
+            key_version: KEY_VERSION.to_owned(),
             components: key
                 .components
                 .iter()
@@ -545,7 +550,11 @@ fn explain_miss(
         .description
         .split_once("] ")
         .map_or(vertex.description.as_str(), |(_, rest)| rest);
-    let what = changed_component(env, plan, key, &prev)?;
+    let what = if prev.key_version == KEY_VERSION {
+        changed_component(env, plan, key, &prev)?
+    } else {
+        "the cache key scheme changed (another builder version)".to_owned()
+    };
     Some(format!("{step}: {what}"))
 }
 
@@ -566,7 +575,7 @@ fn changed_component(env: &Env<'_>, plan: &[Plan], key: &VertexKey, prev: &Note)
                 return Some(if c.name == "parent" {
                     "base image changed".into()
                 } else {
-                    format!("image of {} changed", c.name)
+                    format!("{} image changed", c.name)
                 });
             }
             // A vertex that ran explains itself; one that came from the
