@@ -171,13 +171,45 @@ impl Executor for LinuxExecutor {
                 path: self.skeletons.clone(),
                 source,
             })?;
-        let prepared = stubs::prepare(spec, &self.stubs)?;
+        let prepared = stubs::prepare(spec)?;
         let state = self.state_tmpfs(spec, skeleton.etc_files(), &prepared)?;
         // Declared before the overlay so that it runs after the overlay fd,
         // the mount's last reference, has been dropped.
         let _volatile_mark = (!self.durable).then(|| VolatileMark(spec.rootfs.workdir.clone()));
-        let stub_layer = prepared.stubs.as_ref().map(|dir| dir.path());
-        let overlay = mount_overlay(stub_layer, &skel, &lowers_top_first, spec, self.durable)?;
+        // The stub layer lives on the per-run tmpfs, reached through its fd.
+        let stub_layer = (!prepared.stubs.is_empty()).then(|| {
+            PathBuf::from(format!(
+                "/proc/self/fd/{}/{}",
+                state.as_raw_fd(),
+                stubs::STUB_LAYER
+            ))
+        });
+        let disk_stubs;
+        let overlay = match mount_overlay(
+            stub_layer.as_deref(),
+            &skel,
+            &lowers_top_first,
+            spec,
+            self.durable,
+        ) {
+            // Before Linux 6.15 a detached mount cannot be a layer.
+            Err(_) if stub_layer.is_some() => {
+                disk_stubs = prepared.stub_layer_on_disk(&self.stubs).map_err(|source| {
+                    SandboxError::State {
+                        path: self.stubs.clone(),
+                        source,
+                    }
+                })?;
+                mount_overlay(
+                    Some(disk_stubs.path()),
+                    &skel,
+                    &lowers_top_first,
+                    spec,
+                    self.durable,
+                )?
+            }
+            other => other?,
+        };
         let user = resolve_user(overlay.as_fd(), spec)?;
         // Cleaned as docker cleans WORKDIR, so that `/a/../b` needs no `/a`.
         let cwd = format!("/{}", rootfs::clean_components(&spec.cwd).join("/"));

@@ -6,7 +6,10 @@
 //! such stubs afterwards. Here, as for `/proc` and the `/etc` files (see
 //! `mounts.rs`), the stubs live in a per-step lowerdir stacked on top of the
 //! image: the merged root has the mountpoints, the upperdir only what the
-//! step writes, and nothing needs cleaning up, not even after a crash.
+//! step writes, and nothing needs cleaning up, not even after a crash. The
+//! layer is built on the step's per-run tmpfs (a directory on a busy disk
+//! costs milliseconds, on tmpfs microseconds); kernels that refuse a
+//! detached mount as a layer (before 6.15) get it on disk instead.
 //!
 //! Directories of the image on the way to a stub are repeated in the stub
 //! layer with their mode, owner and mtime, so that they look the same and a
@@ -65,6 +68,26 @@ pub(crate) struct Resolved {
 }
 
 impl Resolved {
+    /// `target` in an empty tree: every component is missing.
+    pub(crate) fn missing(target: &str) -> Self {
+        let mut components: Vec<String> = Vec::new();
+        for component in target.split('/') {
+            match component {
+                "" | "." => {}
+                ".." => {
+                    components.pop();
+                }
+                name => components.push(name.to_owned()),
+            }
+        }
+        let target = components.is_empty().then_some(true);
+        Resolved {
+            components,
+            existing: Vec::new(),
+            target,
+        }
+    }
+
     /// The absolute container path, without links.
     pub(crate) fn path(&self) -> String {
         format!("/{}", self.components.join("/"))
@@ -180,6 +203,9 @@ pub(crate) struct Stub<'a> {
     pub(crate) dir: bool,
 }
 
+/// Where the stub layer goes on the per-run tmpfs.
+pub(crate) const STUB_LAYER: &str = "stubs";
+
 /// Builds the stub layer in `dir` (an empty directory) for targets the
 /// image lacks. Returns whether anything was needed.
 pub(crate) fn build(dir: &Path, stubs: &[Stub<'_>]) -> io::Result<bool> {
@@ -270,9 +296,9 @@ pub(crate) struct StateFile<'a> {
 pub(crate) struct PreparedMounts<'a> {
     /// In mount order: parents before the mounts inside them.
     pub(crate) mounts: Vec<PlannedMount>,
-    /// The stub layer, when some target is missing in the image; removed
-    /// when this is dropped.
-    pub(crate) stubs: Option<tempfile::TempDir>,
+    /// Targets the image lacks, for the stub layer (built on the per-run
+    /// tmpfs: directories there cost a fraction of a disk's).
+    pub(crate) stubs: Vec<(Resolved, bool)>,
     /// Files to create on the per-run tmpfs.
     pub(crate) files: Vec<StateFile<'a>>,
     /// Empty directories on the per-run tmpfs where detached sources are
@@ -281,9 +307,37 @@ pub(crate) struct PreparedMounts<'a> {
 }
 
 impl PreparedMounts<'_> {
+    /// The stub layer in a new directory under `parent` on disk, for
+    /// kernels that refuse a layer on the (detached) per-run tmpfs (before
+    /// Linux 6.15).
+    pub(crate) fn stub_layer_on_disk(&self, parent: &Path) -> io::Result<tempfile::TempDir> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("run-{}-", std::process::id()))
+            .tempdir_in(parent)?;
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))?;
+        build(dir.path(), &self.stub_list())?;
+        Ok(dir)
+    }
+
+    fn stub_list(&self) -> Vec<Stub<'_>> {
+        self.stubs
+            .iter()
+            .map(|(resolved, dir)| Stub {
+                resolved,
+                dir: *dir,
+            })
+            .collect()
+    }
+
     /// Creates the staging directories and files on the per-run tmpfs,
     /// reached at `base`.
     pub(crate) fn populate(&self, base: &Path) -> io::Result<()> {
+        if !self.stubs.is_empty() {
+            let layer = base.join(STUB_LAYER);
+            fs::create_dir(&layer)?;
+            fs::set_permissions(&layer, fs::Permissions::from_mode(0o755))?;
+            build(&layer, &self.stub_list())?;
+        }
         for name in &self.staging {
             fs::create_dir(base.join(name))?;
         }
@@ -310,40 +364,27 @@ fn invalid(message: String) -> SandboxError {
     SandboxError::InvalidSpec(message)
 }
 
-/// Resolves every mount target of `spec` in its image, decides the mount
-/// order and the mountpoints to create, and builds the stub layer in a new
-/// directory under `stubs_parent`.
-pub(crate) fn prepare<'a>(
-    spec: &'a RunSpec,
-    stubs_parent: &Path,
-) -> Result<PreparedMounts<'a>, SandboxError> {
+/// Resolves every mount target of `spec` in its image and decides the
+/// mount order, the mountpoints to create inside other mounts and the
+/// stubs of the stub layer.
+pub(crate) fn prepare<'a>(spec: &'a RunSpec) -> Result<PreparedMounts<'a>, SandboxError> {
     if spec.mounts.is_empty() {
         return Ok(PreparedMounts::default());
     }
-    let state = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| SandboxError::State { path, source }
-    };
-    // The image as the step will see it, without any stub.
-    let empty;
-    let view;
-    let root: BorrowedFd<'_> = if spec.rootfs.lowerdirs.is_empty() {
-        empty = tempfile::Builder::new()
-            .prefix(&format!("empty-{}-", std::process::id()))
-            .tempdir_in(stubs_parent)
-            .map_err(state(stubs_parent))?;
-        let dir = File::open(empty.path()).map_err(state(empty.path()))?;
-        view = Either::Dir(dir);
-        view.fd()
-    } else {
-        view = Either::Mount(overlay_view(&spec.rootfs.lowerdirs, None)?);
-        view.fd()
+    // The image as the step will see it, without any stub (nothing to
+    // look at for an empty one).
+    let view = match spec.rootfs.lowerdirs.is_empty() {
+        true => None,
+        false => Some(overlay_view(&spec.rootfs.lowerdirs, None)?),
     };
     let mut resolved = Vec::with_capacity(spec.mounts.len());
     for mount in &spec.mounts {
         let target = &mount.target;
-        let found = resolve(root, target)
-            .map_err(|err| invalid(format!("mount target {target}: {err}")))?;
+        let found = match &view {
+            Some(view) => resolve(view.as_fd(), target)
+                .map_err(|err| invalid(format!("mount target {target}: {err}")))?,
+            None => Resolved::missing(target),
+        };
         match found.components.first().map(String::as_str) {
             None => return Err(invalid(format!("cannot mount on {target}: it is the root"))),
             Some(first) if SANDBOX_DIRS.contains(&first) => {
@@ -371,7 +412,6 @@ pub(crate) fn prepare<'a>(
     let mut order: Vec<usize> = (0..spec.mounts.len()).collect();
     order.sort_by_key(|&i| resolved[i].0.components.len());
     let mut prepared = PreparedMounts::default();
-    let mut stubs = Vec::new();
     for (n, &i) in order.iter().enumerate() {
         let mount = &spec.mounts[i];
         let (found, dir) = &resolved[i];
@@ -389,10 +429,8 @@ pub(crate) fn prepare<'a>(
                     create.push((path, is_dir));
                 }
             }
-            None => stubs.push(Stub {
-                resolved: found,
-                dir: *dir,
-            }),
+            None if !found.exists() => prepared.stubs.push((found.clone(), *dir)),
+            None => {}
         }
         let source = match &mount.source {
             MountSource::Host(path) => PlannedSource::Host(path.clone()),
@@ -430,32 +468,7 @@ pub(crate) fn prepare<'a>(
             create,
         });
     }
-    if stubs.iter().any(|s| !s.resolved.exists()) {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("run-{}-", std::process::id()))
-            .tempdir_in(stubs_parent)
-            .map_err(state(stubs_parent))?;
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))
-            .map_err(state(dir.path()))?;
-        build(dir.path(), &stubs).map_err(state(dir.path()))?;
-        prepared.stubs = Some(dir);
-    }
     Ok(prepared)
-}
-
-/// A directory or a mount to resolve targets in.
-enum Either {
-    Dir(File),
-    Mount(super::DetachedMount),
-}
-
-impl Either {
-    fn fd(&self) -> BorrowedFd<'_> {
-        match self {
-            Either::Dir(file) => file.as_fd(),
-            Either::Mount(mount) => mount.as_fd(),
-        }
-    }
 }
 
 /// Whether `source` is mounted as a directory (else as a file).
