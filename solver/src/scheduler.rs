@@ -371,7 +371,18 @@ fn materialize(env: &Env<'_>, id: VertexId, record: &CacheRecord) -> Result<Stat
             digest: l.digest,
             diff_id: l.diff_id,
         };
-        let snapshot = env.snapshots.ensure(&layer_ref).map_err(step_error)?;
+        let snapshot = match env.snapshots.ensure(&layer_ref) {
+            Ok(snapshot) => snapshot,
+            Err(err) => {
+                // A record whose blob cannot be unpacked (damaged) must
+                // not fail every later build too: the next one runs the
+                // step again.
+                if let Some(key) = &env.keys[id] {
+                    let _ = env.index.remove(&key.digest);
+                }
+                return Err(step_error(err));
+            }
+        };
         let hold = env.snapshots.hold(&l.diff_id).map_err(step_error)?;
         env.holds
             .lock()

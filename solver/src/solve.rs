@@ -396,6 +396,10 @@ pub fn build_with(
     let mut keys: Vec<Option<VertexKey>> = vec![None; graph.len()];
     let mut computer = KeyComputer::new(graph, req, store);
     for &id in &needed {
+        // Checksumming a large context takes a while; Ctrl-C should not wait.
+        if cancel.is_cancelled() {
+            return Err(BuildError::Cancelled);
+        }
         keys[id] = computer.key(id, &keys, sources[id]).map_err(|e| {
             let vertex = graph.vertex(e.vertex);
             BuildError::Step {
