@@ -553,3 +553,46 @@ fn one_hasher_answers_a_selection_once() {
     assert_eq!(h.checksum(&sel).unwrap(), first);
     assert_ne!(f.sum(&["/src"]), first);
 }
+
+#[test]
+fn raw_names_fifos_and_devices_are_hashed_without_reading_them() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let f = Fixture::new();
+    fs::create_dir(f.path("d")).unwrap();
+    // Two names that read the same once made UTF-8.
+    fs::write(f.path("d").join(OsStr::from_bytes(b"n\xff")), "x").unwrap();
+    let one = f.sum(&["/d"]);
+    fs::remove_file(f.path("d").join(OsStr::from_bytes(b"n\xff"))).unwrap();
+    fs::write(f.path("d").join(OsStr::from_bytes(b"n\xfe")), "x").unwrap();
+    let other = f.sum(&["/d"]);
+    assert_eq!(names(&one), names(&other));
+    assert_ne!(one.digest, other.digest);
+
+    // A FIFO is not opened (that would block).
+    nix::unistd::mkfifo(
+        &f.path("d/fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+    let with_fifo = f.sum(&["/d"]);
+    assert!(names(&with_fifo).contains(&"d/fifo"));
+    if !copy_common::require_root() {
+        return;
+    }
+    let mknod = |rdev| {
+        let _ = fs::remove_file(f.path("d/dev"));
+        nix::sys::stat::mknod(
+            &f.path("d/dev"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o666),
+            rdev,
+        )
+        .unwrap();
+        f.sum(&["/d"])
+    };
+    let null = mknod(nix::sys::stat::makedev(1, 3));
+    let zero = mknod(nix::sys::stat::makedev(1, 5));
+    assert_ne!(null, zero);
+    assert_ne!(null, with_fifo);
+}
