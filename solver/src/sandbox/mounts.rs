@@ -771,6 +771,106 @@ mod tests {
     }
 
     #[test]
+    fn run_mounts_follow_the_sandbox_mounts_each_read_only_before_the_next() {
+        let mounts = [
+            PlannedMount {
+                target: "/src".into(),
+                source: PlannedSource::Staged {
+                    fd: 9,
+                    staging: "mnt0".into(),
+                    subpath: "app".into(),
+                },
+                readonly: true,
+                create: Vec::new(),
+            },
+            PlannedMount {
+                target: "/src/cache/go".into(),
+                source: PlannedSource::Host(PathBuf::from("/root/mounts/abc")),
+                readonly: false,
+                create: vec![("/src/cache".into(), true), ("/src/cache/go".into(), true)],
+            },
+            PlannedMount {
+                target: "/run/secrets/tok".into(),
+                source: PlannedSource::StateFile {
+                    name: "file2".into(),
+                },
+                readonly: true,
+                create: Vec::new(),
+            },
+            PlannedMount {
+                target: "/tmp/t".into(),
+                source: PlannedSource::Tmpfs {
+                    size: Some(1 << 20),
+                },
+                readonly: false,
+                create: Vec::new(),
+            },
+        ];
+        let input = PlanInput {
+            mountpoint: Path::new("/m"),
+            state_fd: 3,
+            overlay_fd: 4,
+            etc_files: true,
+            hostname: "h",
+            network: NetworkMode::Host,
+            cwd: "/",
+            files: &[],
+            privileged: false,
+            mounts: &mounts,
+        };
+        let ops = plan(&input).unwrap();
+        let root = root_of(Path::new("/m"));
+        let described: Vec<String> = ops.iter().map(|op| op.describe(&root)).collect();
+        let first = described
+            .iter()
+            .position(|d| d == "attach mount source")
+            .unwrap();
+        assert!(
+            first
+                > described
+                    .iter()
+                    .position(|d| d == "bind /etc/hostname")
+                    .unwrap()
+        );
+        assert_eq!(
+            described[first..described.len() - 3],
+            [
+                "attach mount source",
+                "bind /src",
+                "make mount /src read-only",
+                "create mountpoint /src/cache",
+                "create mountpoint /src/cache/go",
+                "bind /src/cache/go",
+                "bind /run/secrets/tok",
+                "make mount /run/secrets/tok read-only",
+                "mount tmpfs on /tmp/t",
+            ]
+        );
+        let binds: Vec<(&str, &str)> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Bind { source, target } => {
+                    Some((source.to_str().unwrap(), target.to_str().unwrap()))
+                }
+                _ => None,
+            })
+            .skip(3)
+            .collect();
+        assert_eq!(
+            binds,
+            [
+                ("/m/mnt0/app", "/m/root/src"),
+                ("/root/mounts/abc", "/m/root/src/cache/go"),
+                ("/m/file2", "/m/root/run/secrets/tok"),
+            ]
+        );
+        assert!(ops.iter().any(|op| matches!(
+            op,
+            Op::Mount { data: Some(data), .. } if data.to_str() == Ok("mode=1777,size=1048576")
+        )));
+    }
+
+    #[test]
     fn plan_orders_setup_and_names_container_paths() {
         let mountpoint = Path::new("/state/mnt");
         let input = PlanInput {
