@@ -378,6 +378,16 @@ fn bind_from_context_is_read_only_unless_rw_and_honours_dockerignore() {
     req.ignore = Some(PatternMatcher::from_dockerignore("sub/ignored.txt\n").unwrap());
     let err = f.build_err(&req);
     assert!(err.contains("sub/ignored.txt"), "{err}");
+
+    // A link in the context cannot lead a bind out of it.
+    std::os::unix::fs::symlink("/etc", f.context.join("escape")).unwrap();
+    let err = f.build_err(&f.request(
+        "FROM busybox:test\nRUN --mount=type=bind,source=escape/passwd,target=/x cat /x\n",
+    ));
+    assert!(
+        err.contains("escape/passwd") && err.contains("not found"),
+        "{err}"
+    );
     f.assert_clean();
 }
 
