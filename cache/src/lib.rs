@@ -10,6 +10,7 @@ pub mod images;
 pub mod json;
 pub mod keys;
 pub mod layer;
+pub mod registry;
 pub mod snapshot;
 pub mod store;
 
