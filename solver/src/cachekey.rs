@@ -553,6 +553,86 @@ fn opt_u32(v: Option<u32>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cache::compression::Compression;
+    use cache::images::ImageStore;
+    use cache::store::Store;
+
+    /// The key of the target of `req`'s Dockerfile (built on scratch).
+    fn target_key(req: &BuildRequest) -> VertexKey {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("root")).unwrap();
+        let images = ImageStore::new(store.clone());
+        let resolver = crate::LocalResolver::new(&images);
+        let compiled =
+            frontend::convert::compile(&req.dockerfile, &req.options, &resolver).unwrap();
+        let graph = &compiled.graph;
+        let mut computer = KeyComputer::new(graph, req, &store);
+        let mut keys = vec![None; graph.len()];
+        for id in 0..graph.len() {
+            keys[id] = computer.key(id, &keys, None).unwrap();
+        }
+        keys[compiled.target().vertex].clone().unwrap()
+    }
+
+    fn request(dockerfile: &str) -> BuildRequest {
+        BuildRequest::new(dockerfile, "Dockerfile", std::env::temp_dir())
+    }
+
+    #[test]
+    fn run_keys_cover_what_changes_a_run_and_nothing_else() {
+        let base = request("FROM scratch\nARG V=1\nRUN make\n");
+        let key = target_key(&base);
+        assert_eq!(target_key(&base), key, "keys are deterministic");
+        let changed = |f: &dyn Fn(&mut BuildRequest)| {
+            let mut req = base.clone();
+            f(&mut req);
+            target_key(&req)
+        };
+        // A proxy variable and an unused build arg are not part of it.
+        assert_eq!(
+            changed(&|r| {
+                r.options
+                    .build_args
+                    .insert("HTTPS_PROXY".into(), "http://p:1".into());
+                r.options.build_args.insert("UNUSED".into(), "x".into());
+            }),
+            key
+        );
+        // A secret's source is not either (only the mount declaration).
+        assert_eq!(
+            changed(&|r| r.secrets.push(crate::SecretSpec {
+                id: "s".into(),
+                source: crate::SecretSource::Env("SECRET".into()),
+            })),
+            key
+        );
+        for (what, other) in [
+            (
+                "build arg",
+                changed(&|r| {
+                    r.options.build_args.insert("V".into(), "2".into());
+                }),
+            ),
+            ("network", changed(&|r| r.network = NetworkMode::None)),
+            (
+                "extra hosts",
+                changed(&|r| {
+                    r.extra_hosts
+                        .push(("h".into(), "10.0.0.1".parse().unwrap()))
+                }),
+            ),
+            (
+                "compression",
+                changed(&|r| r.layer_compression = CompressionOptions::new(Compression::Zstd)),
+            ),
+            ("epoch", changed(&|r| r.source_date_epoch = Some(1))),
+        ] {
+            assert_ne!(other.digest, key.digest, "{what}");
+        }
+        let names: Vec<&str> = key.components.iter().map(|c| c.name.as_str()).collect();
+        assert!(names.contains(&"build arg V"), "{names:?}");
+        assert!(names.contains(&"command"), "{names:?}");
+    }
 
     #[test]
     fn fields_are_length_prefixed() {

@@ -642,3 +642,59 @@ fn changed_file(now: &[(String, Digest)], before: &[(String, String)]) -> Option
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now(entries: &[(&str, &str)]) -> Vec<(String, Digest)> {
+        entries
+            .iter()
+            .map(|(p, c)| ((*p).to_owned(), Digest::of(c.as_bytes())))
+            .collect()
+    }
+
+    fn before(entries: &[(&str, &str)]) -> Vec<(String, String)> {
+        entries
+            .iter()
+            .map(|(p, c)| ((*p).to_owned(), Digest::of(c.as_bytes()).hex()))
+            .collect()
+    }
+
+    #[test]
+    fn the_first_differing_file_is_named() {
+        let old = before(&[("a", "1"), ("b", "2"), ("d", "4")]);
+        assert_eq!(
+            changed_file(&now(&[("a", "1"), ("b", "2"), ("d", "4")]), &old),
+            None
+        );
+        assert_eq!(
+            changed_file(&now(&[("a", "1"), ("b", "X"), ("d", "4")]), &old).as_deref(),
+            Some("b changed")
+        );
+        assert_eq!(
+            changed_file(
+                &now(&[("a", "1"), ("b", "2"), ("c", "3"), ("d", "4")]),
+                &old
+            )
+            .as_deref(),
+            Some("c added")
+        );
+        assert_eq!(
+            changed_file(&now(&[("a", "1"), ("d", "4")]), &old).as_deref(),
+            Some("b removed")
+        );
+        assert_eq!(
+            changed_file(
+                &now(&[("a", "1"), ("b", "2"), ("d", "4"), ("e", "5")]),
+                &old
+            )
+            .as_deref(),
+            Some("e added")
+        );
+        assert_eq!(
+            changed_file(&now(&[("a", "1"), ("b", "2")]), &old).as_deref(),
+            Some("d removed")
+        );
+    }
+}
