@@ -378,7 +378,7 @@ fn bind_source(
                     fs::create_dir(d).map_err(io_error("create", d.display().to_string()))?;
                 }
                 let source = if chain.is_empty() {
-                    if path.trim_matches('/') != "" {
+                    if !path.trim_matches('/').is_empty() {
                         return Err(not_found(path, "the stage"));
                     }
                     MountSource::Host(upper)
@@ -408,7 +408,7 @@ fn stage_source(
     out: &mut StepMounts,
 ) -> Result<MountSource, StepError> {
     if chain.is_empty() {
-        if path.trim_matches('/') != "" {
+        if !path.trim_matches('/').is_empty() {
             return Err(not_found(path, "the stage"));
         }
         let temp = cx.store.temp_dir("bind-empty-").map_err(store)?;
