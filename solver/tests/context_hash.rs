@@ -596,3 +596,47 @@ fn raw_names_fifos_and_devices_are_hashed_without_reading_them() {
     assert_ne!(null, zero);
     assert_ne!(null, with_fifo);
 }
+
+/// `COPY --parents` with `**`: the entries, directories on the way
+/// included, are the paths COPY writes.
+#[test]
+fn parents_entries_match_what_copy_writes() {
+    if !copy_common::require_root() {
+        return;
+    }
+    let f = Fixture::new();
+    for rel in [
+        "src/b.log",
+        "src/a.rs",
+        "src/deep/c.log",
+        "src/deep/er/d.log",
+        "src/deep/er/e.txt",
+        "src/skip/f.log",
+        "other/g.log",
+    ] {
+        f.write(rel, rel);
+    }
+    let ignore = PatternMatcher::new(["src/skip"]).unwrap();
+    let op = copy_common::copy_op("COPY --parents src/**/*.log /out/");
+    let dest = tempfile::tempdir().unwrap();
+    let mut env = copy_common::Env::context(f.ctx.path(), dest.path());
+    env.ignore = Some(&ignore);
+    env.apply(&op).unwrap();
+    let copied: Vec<String> = copy_common::listing(&dest.path().join("out"))
+        .into_iter()
+        .map(|p| p.trim_end_matches('/').to_owned())
+        .collect();
+    let sum = f.sum_with(&["/src/**/*.log"], &[], Some(&ignore));
+    assert_eq!(names(&sum), copied);
+    assert_eq!(
+        copied,
+        [
+            "src",
+            "src/b.log",
+            "src/deep",
+            "src/deep/c.log",
+            "src/deep/er",
+            "src/deep/er/d.log"
+        ]
+    );
+}
