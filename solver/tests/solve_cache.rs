@@ -653,3 +653,20 @@ fn a_secret_value_is_not_part_of_the_key_nor_of_what_the_cache_keeps() {
     }
     assert!(files >= 2, "no record or note was written");
 }
+
+#[test]
+fn a_wildcard_at_the_root_of_a_stage_matches() {
+    require_root!();
+    let f = Fixture::new();
+    // Regression: the root of a stage's view is a magic link
+    // (/proc/self/fd/N) and was taken for a non-directory.
+    let exec = FakeExecutor::default();
+    let result = f
+        .build(
+            &f.request("FROM scratch AS a\nRUN one\nFROM scratch\nCOPY --from=a /out-* /a/\n"),
+            &exec,
+            &solver::NoProgress,
+        )
+        .unwrap();
+    assert_eq!(ran(&result), ["RUN one", "COPY --from=a /out-* /a/"]);
+}

@@ -109,7 +109,14 @@ impl<'a> Tree<'a> {
 
     /// `lstat` of `rel`, or `None` when it does not exist or is ignored.
     pub(crate) fn lstat(&self, rel: &Path) -> Result<Option<Metadata>, ResolveError> {
-        match self.host_path(rel).symlink_metadata() {
+        // The root may be reached through a magic link (a detached mount's
+        // `/proc/self/fd/N`): it is the tree's root, so follow it.
+        let meta = if rel.as_os_str().is_empty() {
+            self.host.metadata()
+        } else {
+            self.host_path(rel).symlink_metadata()
+        };
+        match meta {
             Ok(meta) if self.visible(rel, meta.is_dir()) => Ok(Some(meta)),
             Ok(_) => Ok(None),
             Err(e) if is_missing(&e) => Ok(None),
