@@ -669,4 +669,13 @@ fn a_wildcard_at_the_root_of_a_stage_matches() {
         )
         .unwrap();
     assert_eq!(ran(&result), ["RUN one", "COPY --from=a /out-* /a/"]);
+    // So does the root itself.
+    let result = f
+        .build(
+            &f.request("FROM scratch AS a\nRUN one\nFROM scratch\nCOPY --from=a / /a/\n"),
+            &exec,
+            &solver::NoProgress,
+        )
+        .unwrap();
+    assert_eq!(ran(&result), ["COPY --from=a / /a/"]);
 }
