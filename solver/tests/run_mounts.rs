@@ -464,6 +464,7 @@ fn secret_mounts_as_file_and_env_and_never_reaches_the_store() {
         RUN --mount=type=secret,id=tok,mode=0440,uid=1000,gid=1000 \
         sh -c 'stat -c \"%a %u %g\" /run/secrets/tok > /meta; wc -c < /run/secrets/tok > /len; \
         if (echo x > /run/secrets/tok) 2>/dev/null; then echo writable; else echo readonly; fi > /ro'\n\
+        ENV TOK=from-image\n\
         RUN --mount=type=secret,id=tok,env=TOK sh -c 'echo ${#TOK} > /envlen; \
         if [ -e /run/secrets/tok ]; then echo file; else echo nofile; fi > /file'\n\
         RUN --mount=type=secret,id=tok,target=/etc/tok,env=BOTH \

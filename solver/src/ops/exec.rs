@@ -36,6 +36,13 @@ impl Operation for ExecOp {
 
         // Held until the step has ended: locks, views, throwaway directories.
         let mounts = super::mounts::prepare(self, cx, inputs)?;
+        // Secret variables and SSH_AUTH_SOCK win over the image's ENV.
+        for entry in &mounts.env {
+            let name = entry
+                .split_once('=')
+                .map_or(entry.as_str(), |(name, _)| name);
+            env.retain(|e| e.split_once('=').is_none_or(|(n, _)| n != name));
+        }
         env.extend(mounts.env.iter().cloned());
 
         let workspace = Workspace::new(cx.store, parent).map_err(|e| cx.step_error(e))?;

@@ -56,11 +56,15 @@ impl AgentProxy {
                         if stop.load(Ordering::Acquire) {
                             break;
                         }
-                        if let Ok(conn) = conn {
-                            let agent = agent.clone();
-                            let _ = std::thread::Builder::new()
-                                .name("ssh-agent-conn".into())
-                                .spawn(move || forward(conn, &agent));
+                        match conn {
+                            Ok(conn) => {
+                                let agent = agent.clone();
+                                let _ = std::thread::Builder::new()
+                                    .name("ssh-agent-conn".into())
+                                    .spawn(move || forward(conn, &agent));
+                            }
+                            // Out of descriptors, say: do not spin.
+                            Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
                         }
                     }
                 })?
