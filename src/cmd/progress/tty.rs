@@ -279,6 +279,9 @@ struct Running {
     /// Detail lines (the build command's own steps), shown under it.
     details: Vec<String>,
     started: std::time::Instant,
+    /// Its latest output line, read when the line is drawn (10 times a
+    /// second) rather than formatted for every line a step prints.
+    latest: Arc<Mutex<String>>,
 }
 
 pub(super) struct Tty {
@@ -298,7 +301,7 @@ impl Tty {
         // then return to the start of the last permanent line and write over
         // it. Clearing and rewriting does not flicker as the terminal gets
         // each redraw in one write (the screen is buffered until flushed).
-        let style = ProgressStyle::with_template(" {spinner:.cyan} {wide_msg} {secs:>8}")
+        let style = ProgressStyle::with_template(" {spinner:.cyan} {line} {secs:>8}")
             .expect("the template is valid")
             .with_key("secs", |state: &ProgressState, w: &mut dyn fmt::Write| {
                 let _ = w.write_str(&seconds(state.elapsed()));
@@ -348,32 +351,6 @@ impl Tty {
         format!(" => => {}", style.apply_to(text))
     }
 
-    /// The running line's message: the step's name, then its latest output,
-    /// both cut so that the output keeps some room.
-    fn message(&self, name: &str, latest: Option<&str>) -> String {
-        // " ⠋ " + message + " " + time.
-        let room = self.screen.columns().saturating_sub(3 + 1 + TIME_WIDTH + 1);
-        let name = one_line(name);
-        let Some(latest) = latest.map(one_line).filter(|l| !l.trim().is_empty()) else {
-            return truncate_str(&name, room, "…").into_owned();
-        };
-        let separator = " │ ";
-        let latest_width = measure_text_width(&latest);
-        let name_width = measure_text_width(&name);
-        let name_room = name_width.min(room / 2).max(
-            room.saturating_sub(separator.len() + latest_width)
-                .min(name_width),
-        );
-        let name = truncate_str(&name, name_room, "…");
-        let rest = room.saturating_sub(measure_text_width(&name) + 3);
-        let latest = truncate_str(&latest, rest, "…");
-        format!(
-            "{name}{}{}",
-            dim().apply_to(separator),
-            dim().apply_to(latest)
-        )
-    }
-
     fn finish(&mut self, n: usize) -> Option<Running> {
         let running = self.running.remove(&n)?;
         running.bar.finish_and_clear();
@@ -387,9 +364,16 @@ impl Display for Tty {
         let n = step.n;
         match what {
             What::Started { name } => {
-                let bar = self.multi.add(ProgressBar::new_spinner());
-                bar.set_style(self.style.clone());
-                bar.set_message(self.message(name, None));
+                let latest = Arc::new(Mutex::new(String::new()));
+                let (screen, shown, line) = (self.screen.clone(), name.to_owned(), latest.clone());
+                let style = self.style.clone().with_key(
+                    "line",
+                    move |_: &ProgressState, w: &mut dyn fmt::Write| {
+                        let latest = line.lock().unwrap_or_else(|p| p.into_inner());
+                        let _ = w.write_str(&running_message(screen.columns(), &shown, &latest));
+                    },
+                );
+                let bar = self.multi.add(ProgressBar::new_spinner().with_style(style));
                 bar.enable_steady_tick(TICK);
                 self.running.insert(
                     n,
@@ -399,6 +383,7 @@ impl Display for Tty {
                         miss: None,
                         details: Vec::new(),
                         started: stamp.at,
+                        latest,
                     },
                 );
             }
@@ -412,14 +397,14 @@ impl Display for Tty {
                 }
             }
             What::Log { line, .. } | What::Detail { line } => {
-                let detail = matches!(what, What::Detail { .. });
-                let Some(r) = self.running.get(&n) else {
+                let Some(r) = self.running.get_mut(&n) else {
                     return;
                 };
-                let message = self.message(&r.name, Some(line));
-                let r = self.running.get_mut(&n).expect("looked up above");
-                r.bar.set_message(message);
-                if detail {
+                let mut latest = r.latest.lock().unwrap_or_else(|p| p.into_inner());
+                latest.clear();
+                latest.push_str(line);
+                drop(latest);
+                if matches!(what, What::Detail { .. }) {
                     r.details.push(line.to_owned());
                 }
             }
@@ -478,6 +463,37 @@ impl Drop for Tty {
         }
         let _ = self.multi.clear();
     }
+}
+
+/// A running step's line between its spinner and its time: its name, then
+/// its latest output, both cut so that the output keeps some room, padded
+/// to the room there is so that the time stays right-aligned.
+fn running_message(columns: usize, name: &str, latest: &str) -> String {
+    // " ⠋ " + message + " " + time, one column spare.
+    let room = columns.saturating_sub(3 + 1 + TIME_WIDTH + 1);
+    let name = one_line(name);
+    let latest = one_line(latest);
+    let text = if latest.trim().is_empty() {
+        truncate_str(&name, room, "…").into_owned()
+    } else {
+        let separator = " │ ";
+        let latest_width = measure_text_width(&latest);
+        let name_width = measure_text_width(&name);
+        let name_room = name_width.min(room / 2).max(
+            room.saturating_sub(separator.chars().count() + latest_width)
+                .min(name_width),
+        );
+        let name = truncate_str(&name, name_room, "…");
+        let rest = room.saturating_sub(measure_text_width(&name) + 3);
+        let latest = truncate_str(&latest, rest, "…");
+        format!(
+            "{name}{}{}",
+            dim().apply_to(separator),
+            dim().apply_to(latest)
+        )
+    };
+    let pad = room.saturating_sub(measure_text_width(&text));
+    format!("{text}{}", " ".repeat(pad))
 }
 
 /// What a terminal shows of an output line on one line: after its last
@@ -591,30 +607,87 @@ mod tests {
 
     #[test]
     fn running_line_keeps_room_for_the_latest_output() {
-        let tty = Tty::new(Screen::memory(80));
+        let message = |name: &str, latest: &str| {
+            let m = running_message(80, name, latest);
+            // Padded to the room there is, for the time after it.
+            assert_eq!(measure_text_width(&m), 80 - 13, "{m:?}");
+            console::strip_ansi_codes(&m).trim_end().to_owned()
+        };
         let name = "[build 3/7] RUN apt-get update && apt-get install -y build-essential curl git";
-        let m = tty.message(
+        let m = message(
             name,
-            Some("Get:1 http://deb.debian.org/debian bookworm InRelease [151 kB]"),
+            "Get:1 http://deb.debian.org/debian bookworm InRelease [151 kB]",
         );
-        let plain = console::strip_ansi_codes(&m).into_owned();
-        assert!(measure_text_width(&plain) <= 80 - 13, "{plain}");
-        let (n, l) = plain.split_once(" │ ").unwrap();
+        let (n, l) = m.split_once(" │ ").unwrap();
         assert!(
             n.starts_with("[build 3/7] RUN apt-get") && n.ends_with('…'),
-            "{plain}"
+            "{m}"
         );
         assert!(
             l.starts_with("Get:1 http://deb") && measure_text_width(l) >= 25,
-            "{plain}"
+            "{m}"
         );
-        // Short names are whole.
-        let m = console::strip_ansi_codes(&tty.message("[1/2] RUN make", Some("cc -c a.c")))
-            .into_owned();
-        assert_eq!(m, "[1/2] RUN make │ cc -c a.c");
+        // Short names are whole; without output, the name alone.
+        assert_eq!(
+            message("[1/2] RUN make", "cc -c a.c"),
+            "[1/2] RUN make │ cc -c a.c"
+        );
+        assert_eq!(message("[1/2] RUN make", ""), "[1/2] RUN make");
+        assert_eq!(message(name, "").chars().count(), 80 - 13);
         // Carriage returns and escapes from the step do not reach the terminal.
-        let m = tty.message("[1/2] RUN x", Some("\x1b[1m 10%\r 55%\tdone\x07"));
-        assert_eq!(console::strip_ansi_codes(&m), "[1/2] RUN x │  55% done");
+        assert_eq!(
+            message("[1/2] RUN x", "\x1b[1m 10%\r 55%\tdone\x07"),
+            "[1/2] RUN x │  55% done"
+        );
+    }
+
+    #[test]
+    fn running_steps_show_their_latest_output_until_they_finish() {
+        use solver::{LogStream, Progress as _, ProgressEvent};
+        let screen = Screen::memory(80);
+        let r = Renderer::tty(screen.clone());
+        for (vertex, name) in [(1, "[a 2/2] RUN make"), (2, "[b 2/2] RUN sleep 5")] {
+            r.event(&ProgressEvent::StepStarted {
+                vertex,
+                description: name.into(),
+            });
+        }
+        for i in 0..1000 {
+            r.event(&ProgressEvent::Log {
+                vertex: 1,
+                stream: LogStream::Stdout,
+                line: format!("cc -c file{i}.c"),
+            });
+        }
+        // Drawn by the spinner's tick.
+        std::thread::sleep(TICK * 3);
+        let (lines, too_wide) = screen.contents();
+        assert_eq!(too_wide, Vec::<String>::new());
+        assert_eq!(lines.len(), 2, "{lines:#?}");
+        let make = lines.iter().find(|l| l.contains("RUN make")).unwrap();
+        assert!(
+            make.contains("[a 2/2] RUN make │ cc -c file999.c "),
+            "{make:?}"
+        );
+        assert!(
+            make.ends_with('s') && make.chars().count() == 80 - 1,
+            "{make:?}"
+        );
+        assert!(
+            lines.iter().any(|l| l.contains("[b 2/2] RUN sleep 5 ")),
+            "{lines:#?}"
+        );
+        r.event(&ProgressEvent::StepDone {
+            vertex: 1,
+            duration: Duration::from_millis(300),
+        });
+        let (lines, _) = screen.contents();
+        assert!(lines[0].starts_with(" => [a 2/2] RUN make "), "{lines:#?}");
+        assert!(lines[1].contains("[b 2/2] RUN sleep 5 "), "{lines:#?}");
+        r.summary(true);
+        let (lines, _) = screen.contents();
+        assert_eq!(lines.len(), 2, "the running line is gone: {lines:#?}");
+        assert!(lines[1].starts_with("Build finished in "), "{lines:#?}");
     }
 
     #[test]
