@@ -684,3 +684,48 @@ fn a_scratch_step_runs_tools_bound_in_from_an_image() {
     assert_eq!(built.last_layer_paths(), ["made"]);
     assert!(!built.exists("/bin"));
 }
+
+/// A step waiting for a `sharing=locked` cache that another build holds
+/// gives up when its build is cancelled, without waiting for the holder.
+#[test]
+fn cancelling_a_build_stops_its_wait_for_a_locked_cache() {
+    require_root!();
+    let f = Fixture::new();
+    let dir = f
+        .store
+        .root()
+        .join("mounts")
+        .join(Digest::of(b"held").hex());
+    let holder = f.request(
+        "FROM busybox:test\n\
+         RUN --mount=type=cache,id=held,target=/c,sharing=locked \
+         sh -c 'touch /c/running; sleep 5; touch /c/done'\n",
+    );
+    let waiter = f.request(
+        "FROM busybox:test\n\
+         RUN --mount=type=cache,id=held,target=/c,sharing=locked touch /c/waiter\n",
+    );
+    let cancel = CancelHandle::new();
+    std::thread::scope(|s| {
+        let held = s.spawn(|| f.build(&holder).map(|_| ()).map_err(|e| chain(&e)));
+        while !dir.join("running").exists() {
+            assert!(!held.is_finished(), "the holder ended early");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let waiting = s.spawn(|| build(&f.store, &waiter, &NoProgress, &cancel));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        cancel.cancel();
+        let result = waiting.join().unwrap();
+        assert!(
+            matches!(result, Err(BuildError::Cancelled)),
+            "{:?}",
+            result.map(|_| ())
+        );
+        // The holder is still running: the waiter did not wait for it.
+        assert!(!dir.join("done").exists());
+        assert!(!dir.join("waiter").exists());
+        held.join().unwrap().unwrap();
+    });
+    assert!(dir.join("done").exists());
+    f.assert_clean();
+}
