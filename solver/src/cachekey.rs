@@ -19,9 +19,10 @@
 //! - copy: the parent key, every field, and the sources: the context
 //!   checksum of exactly the selected paths, or the key of the stage/image
 //!   they are read from; inline (heredoc) files by content; a URL with
-//!   `--checksum` by that checksum. A URL without `--checksum` and a git
-//!   source are not cached at all (the step always runs, and so do the
-//!   steps after it): their content is only known after downloading it;
+//!   `--checksum` by that checksum, one without by what it serves now (it
+//!   is downloaded to compute the key: its sha256 and `Last-Modified`, and
+//!   once more when the step runs). A git source is not cached at all (the
+//!   op does not support it yet);
 //! - mkdir (WORKDIR): the parent key, path, mode and user.
 //!
 //! Every cached op also keys the layer compression and SOURCE_DATE_EPOCH,
@@ -38,6 +39,8 @@ use frontend::graph::{
 use sha2::{Digest as _, Sha256};
 
 use crate::context_hash::{ContextHashError, ContextHasher, ContextSum, Selection};
+use crate::ops::copy::fetch::content_digest;
+use crate::sandbox::CancelHandle;
 use crate::solve::BuildRequest;
 
 /// The version of the key scheme; changing how anything is keyed must
@@ -177,6 +180,7 @@ pub struct KeyComputer<'a> {
     /// Made when the first step reads the context.
     hasher: Option<ContextHasher>,
     store: &'a cache::store::Store,
+    cancel: &'a CancelHandle,
 }
 
 impl<'a> KeyComputer<'a> {
@@ -184,12 +188,14 @@ impl<'a> KeyComputer<'a> {
         graph: &'a BuildGraph,
         req: &'a BuildRequest,
         store: &'a cache::store::Store,
+        cancel: &'a CancelHandle,
     ) -> Self {
         KeyComputer {
             graph,
             req,
             hasher: None,
             store,
+            cancel,
         }
     }
 
@@ -464,17 +470,29 @@ impl<'a> KeyComputer<'a> {
                     );
                     paths.push(path.as_str());
                 }
-                CopySource::Url { url, filename } => {
-                    // Without a checksum the content is unknown until it is
-                    // downloaded: never cached.
-                    let Some(checksum) = &op.checksum else {
-                        return Ok(None);
-                    };
-                    b.add(
+                CopySource::Url { url, filename } => match &op.checksum {
+                    Some(checksum) => b.add(
                         format!("url {url}"),
                         &[url.as_bytes(), filename.as_bytes(), checksum.as_bytes()],
-                    );
-                }
+                    ),
+                    None => {
+                        // A download that fails leaves the step uncached:
+                        // it runs and reports the failure itself.
+                        let Ok((digest, modified)) = content_digest(url, self.cancel) else {
+                            return Ok(None);
+                        };
+                        let modified = modified.map(|m| m.to_string()).unwrap_or_default();
+                        b.add(
+                            format!("url {url}"),
+                            &[
+                                url.as_bytes(),
+                                filename.as_bytes(),
+                                digest.as_bytes(),
+                                modified.as_bytes(),
+                            ],
+                        );
+                    }
+                },
                 // Git sources are not supported by the op yet; never cached.
                 CopySource::Git { .. } => return Ok(None),
                 CopySource::Inline { name, content } => {
@@ -566,7 +584,8 @@ mod tests {
         let compiled =
             frontend::convert::compile(&req.dockerfile, &req.options, &resolver).unwrap();
         let graph = &compiled.graph;
-        let mut computer = KeyComputer::new(graph, req, &store);
+        let cancel = CancelHandle::new();
+        let mut computer = KeyComputer::new(graph, req, &store, &cancel);
         let mut keys = vec![None; graph.len()];
         for id in 0..graph.len() {
             keys[id] = computer.key(id, &keys, None).unwrap();

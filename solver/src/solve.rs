@@ -394,7 +394,7 @@ pub fn build_with(
     }
 
     let mut keys: Vec<Option<VertexKey>> = vec![None; graph.len()];
-    let mut computer = KeyComputer::new(graph, req, store);
+    let mut computer = KeyComputer::new(graph, req, store, cancel);
     for &id in &needed {
         // Checksumming a large context takes a while; Ctrl-C should not wait.
         if cancel.is_cancelled() {

@@ -679,3 +679,69 @@ fn a_wildcard_at_the_root_of_a_stage_matches() {
         .unwrap();
     assert_eq!(ran(&result), ["COPY --from=a / /a/"]);
 }
+
+/// Serves `body` (which the test may change) at every path over plain
+/// HTTP on 127.0.0.1; returns the base URL.
+fn serve(body: std::sync::Arc<Mutex<Vec<u8>>>) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(&mut stream);
+            loop {
+                let mut line = String::new();
+                match reader.read_line(&mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) if line == "\r\n" => break,
+                    Ok(_) => {}
+                }
+            }
+            let body = body.lock().unwrap().clone();
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\
+                 Last-Modified: Tue, 14 Nov 2023 22:13:20 GMT\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&body);
+        }
+    });
+    format!("http://127.0.0.1:{port}")
+}
+
+#[test]
+fn an_added_url_is_keyed_by_what_it_serves() {
+    require_root!();
+    let f = Fixture::new();
+    let body = std::sync::Arc::new(Mutex::new(b"version 1".to_vec()));
+    let url = serve(body.clone());
+    let req = f.request(&format!(
+        "FROM scratch\nADD {url}/file.txt /file.txt\nRUN after\n"
+    ));
+    let exec = FakeExecutor::default();
+    f.build(&req, &exec, &solver::NoProgress).unwrap();
+    assert_eq!(exec.runs(), ["after"]);
+    // The same content: nothing runs.
+    let exec = FakeExecutor::default();
+    let result = f.build(&req, &exec, &solver::NoProgress).unwrap();
+    assert!(exec.runs().is_empty(), "{:?}", exec.runs());
+    assert!(result.stats.executed.is_empty());
+    // New content: the ADD and what follows run again, and say why.
+    *body.lock().unwrap() = b"version 2".to_vec();
+    let exec = FakeExecutor::default();
+    let progress = Recorder::default();
+    let result = f.build(&req, &exec, &progress).unwrap();
+    assert_eq!(exec.runs(), ["after"]);
+    assert_eq!(
+        ran(&result),
+        [format!("ADD {url}/file.txt /file.txt"), "RUN after".into()]
+    );
+    assert_eq!(
+        progress.misses(),
+        [format!(
+            "ADD {url}/file.txt /file.txt: url {url}/file.txt changed"
+        )]
+    );
+}

@@ -34,6 +34,37 @@ pub(super) struct Download {
     pub(super) last_modified: Option<i64>,
 }
 
+/// What `url` serves now, for the cache key of an `ADD` without
+/// `--checksum`: the sha256 of the body and its `Last-Modified` date
+/// (which ADD gives the file). The step downloads it again when it runs.
+pub(crate) fn content_digest(
+    url: &str,
+    cancel: &CancelHandle,
+) -> Result<(cache::Digest, Option<i64>), CopyError> {
+    let fetcher = Fetcher::new(url.starts_with("https://"))?;
+    let mut download = fetcher.fetch(url, None, cancel)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = match download.file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(source) => {
+                return Err(CopyError::Io {
+                    what: format!("read the download of {url}"),
+                    source,
+                });
+            }
+        };
+        hasher.update(&buf[..n]);
+    }
+    Ok((
+        cache::Digest::from_bytes(hasher.finalize().into()),
+        download.last_modified,
+    ))
+}
+
 /// An expected digest (`algorithm:hex`).
 enum Expected {
     Sha256(String),

@@ -41,7 +41,7 @@
 mod archive;
 mod chmod;
 mod chown;
-mod fetch;
+pub(crate) mod fetch;
 pub(crate) mod resolve;
 mod tree;
 pub(crate) mod wildcard;
