@@ -87,6 +87,14 @@ fn plain_shows_done_then_cached_for_every_step() {
         progress.contains(&format!("\n#{total} exporting to image\n")),
         "{progress}"
     );
+    // (Loading the context is the build's own work, not a cached step.)
+    let mut cold_names: Vec<String> = steps
+        .iter()
+        .map(|(_, name)| name.clone())
+        .filter(|name| !name.starts_with("[internal] "))
+        .collect();
+    cold_names.sort();
+    let cold_names: Vec<&String> = cold_names.iter().collect();
     // Output lines carry their step number and seconds since its start.
     let run = step("[base 3/3] RUN echo");
     let output = lines
@@ -129,7 +137,11 @@ fn plain_shows_done_then_cached_for_every_step() {
             "{name} ran:\n{progress}"
         );
     }
-    assert!(!progress.contains("built from"), "{progress}");
+    assert!(!progress.contains(" built from one"), "{progress}");
+    // Every step is shown, not only the one whose result was found.
+    let mut warm_names: Vec<&String> = steps.iter().map(|(_, name)| name).collect();
+    warm_names.sort();
+    assert_eq!(warm_names, cold_names, "{progress}");
     let total = steps.len() + 1;
     assert!(
         progress.contains(&format!("\n#{total} exporting to image\n")),
@@ -616,7 +628,7 @@ fn quiet_shows_nothing_and_dash_q_only_the_id() {
     let out = t.output(&["build", "--progress=auto", c]);
     assert!(out.status.success());
     assert!(
-        stderr(&out).starts_with("#1 [stage-1 3/3] RUN cat /built\n#1 CACHED\n"),
+        stderr(&out).starts_with("#1 [") && stderr(&out).contains("\n#1 CACHED\n"),
         "{}",
         stderr(&out)
     );
