@@ -242,6 +242,28 @@ fn main() {
         ms(median(times))
     );
 
+    // One large file: hashed in chunks on every core.
+    let big_dir = work.path().join("big");
+    fs::create_dir(&big_dir).unwrap();
+    let big_len: usize = if quick { 128 << 20 } else { 512 << 20 };
+    let mut rng = Rng(7);
+    let mut big = vec![0u8; big_len];
+    rng.fill(&mut big);
+    fs::write(big_dir.join("blob"), &big).unwrap();
+    drop(big);
+    std::thread::sleep(Duration::from_millis(300));
+    let big_store = Store::open(work.path().join("root3")).expect("open store");
+    let started = Instant::now();
+    let hasher = ContextHasher::new(&big_store, &big_dir, None).unwrap();
+    hasher.checksum(&sel).unwrap();
+    let big_time = started.elapsed();
+    println!(
+        "one {} MiB file, cold: {:.1} ms, {:.0} MB/s",
+        big_len >> 20,
+        ms(big_time),
+        big_len as f64 / 1e6 / big_time.as_secs_f64()
+    );
+
     // One file rewritten with other content (a large one: the worst case).
     let changed = fs::read_dir(ctx.join("d07/s3"))
         .unwrap()

@@ -640,3 +640,32 @@ fn parents_entries_match_what_copy_writes() {
         ]
     );
 }
+
+/// Files of 64 MiB and more are hashed in chunks in parallel: the digest
+/// is still a function of the content alone.
+#[test]
+fn large_files_hashed_in_chunks() {
+    let a = Fixture::new();
+    let b = Fixture::new();
+    let mut content: Vec<u8> = (0..(80u32 << 20)).map(|i| (i % 251) as u8).collect();
+    fs::write(a.path("big"), &content).unwrap();
+    fs::write(b.path("big"), &content).unwrap();
+    let h = a.hasher(None);
+    let sel = Selection {
+        paths: vec!["/big"],
+        exclude: &[],
+    };
+    let first = h.checksum(&sel).unwrap();
+    assert_eq!(h.stats().bytes_read, 80 << 20);
+    assert_eq!(b.sum(&["/big"]), first);
+    // One byte in the last chunk.
+    let last = content.len() - 1;
+    content[last] ^= 1;
+    fs::write(a.path("big"), &content).unwrap();
+    assert_ne!(a.sum(&["/big"]), first);
+    // Same length, one byte in the first chunk.
+    content[last] ^= 1;
+    content[0] ^= 1;
+    fs::write(a.path("big"), &content).unwrap();
+    assert_ne!(a.sum(&["/big"]), first);
+}
