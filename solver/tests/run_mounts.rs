@@ -729,3 +729,23 @@ fn cancelling_a_build_stops_its_wait_for_a_locked_cache() {
     assert!(dir.join("done").exists());
     f.assert_clean();
 }
+
+#[test]
+fn a_file_cannot_be_mounted_on_a_directory_of_the_image() {
+    require_root!();
+    let f = Fixture::new();
+    let secret_file = f.dir.path().join("secret.txt");
+    fs::write(&secret_file, SECRET).unwrap();
+    let mut req = f.request("FROM busybox:test\nRUN --mount=type=secret,id=tok,target=/etc true\n");
+    req.secrets.push(SecretSpec {
+        id: "tok".into(),
+        source: SecretSource::File(secret_file),
+    });
+    let err = f.build_err(&req);
+    assert!(
+        err.contains("cannot mount a file on /etc: it is a directory in the image"),
+        "{err}"
+    );
+    assert!(!err.contains(SECRET), "{err}");
+    f.assert_clean();
+}

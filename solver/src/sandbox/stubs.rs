@@ -395,16 +395,6 @@ pub(crate) fn prepare<'a>(spec: &'a RunSpec) -> Result<PreparedMounts<'a>, Sandb
             Some(_) => {}
         }
         let dir = source_is_dir(&mount.source)?;
-        if let Some(is_dir) = found.target {
-            if is_dir != dir {
-                let what = |d: bool| if d { "directory" } else { "file" };
-                return Err(invalid(format!(
-                    "cannot mount a {} on {target}: it is a {} in the image",
-                    what(dir),
-                    what(is_dir)
-                )));
-            }
-        }
         resolved.push((found, dir));
     }
     drop(view);
@@ -429,8 +419,19 @@ pub(crate) fn prepare<'a>(spec: &'a RunSpec) -> Result<PreparedMounts<'a>, Sandb
                     create.push((path, is_dir));
                 }
             }
-            None if !found.exists() => prepared.stubs.push((found.clone(), *dir)),
-            None => {}
+            None => match found.target {
+                None => prepared.stubs.push((found.clone(), *dir)),
+                Some(is_dir) if is_dir != *dir => {
+                    let what = |d: bool| if d { "directory" } else { "file" };
+                    return Err(invalid(format!(
+                        "cannot mount a {} on {}: it is a {} in the image",
+                        what(*dir),
+                        mount.target,
+                        what(is_dir)
+                    )));
+                }
+                Some(_) => {}
+            },
         }
         let source = match &mount.source {
             MountSource::Host(path) => PlannedSource::Host(path.clone()),
