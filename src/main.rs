@@ -56,6 +56,14 @@ pub(crate) enum Command {
     Du(cmd::du::DuArgs),
     /// Remove build cache (images and what they need are kept).
     Prune(cmd::prune::PruneArgs),
+    /// Download an image from a registry.
+    Pull(cmd::pull::PullArgs),
+    /// Upload an image to a registry.
+    Push(cmd::push::PushArgs),
+    /// Log in to a registry (credentials go to docker's config.json).
+    Login(cmd::login::LoginArgs),
+    /// Log out from a registry.
+    Logout(cmd::login::LogoutArgs),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +80,10 @@ fn main() -> ExitCode {
         Command::Build(a) => cmd::build::run(&cli.root, a),
         Command::Du(a) => cmd::du::run(&cli.root, a),
         Command::Prune(a) => cmd::prune::run(&cli.root, a),
+        Command::Pull(a) => cmd::pull::run(&cli.root, a),
+        Command::Push(a) => cmd::push::run(&cli.root, a),
+        Command::Login(a) => cmd::login::login(&cli.root, a),
+        Command::Logout(a) => cmd::login::logout(&cli.root, a),
     };
     match result {
         Ok(code) => code,

@@ -12,7 +12,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use cache::images::{ConfigSummary, Image};
+use cache::images::{ConfigSummary, Image, ImageError, ImageStore};
+use cache::registry::{self, PullPolicy};
 use cache::snapshot::{LayerRef, Snapshots};
 use cache::store::StoreLock;
 use clap::Args;
@@ -49,6 +50,15 @@ pub(crate) struct RunArgs {
     /// Network: `host` or `default` (the host's network), or `none` (loopback only).
     #[arg(long, value_name = "MODE", default_value = "default")]
     network: String,
+    /// Pull the image before running: `missing` (when it is not in the
+    /// local store), `always` or `never`.
+    #[arg(long, value_name = "POLICY", default_value = "missing")]
+    pull: String,
+    /// Pick this platform when pulling a multi-platform image.
+    #[arg(long, value_name = "PLATFORM")]
+    platform: Option<String>,
+    #[command(flatten)]
+    registry: super::pull::RegistryArgs,
     /// The image: a name, an image id (or a unique prefix) or a digest.
     image: String,
     /// Arguments: replace the image's CMD.
@@ -97,9 +107,7 @@ fn start(root: &Path, args: &RunArgs, cancel: &CancelHandle) -> anyhow::Result<T
     };
     let env_flags = parse_env_flags(&args.env)?;
     let images = super::images::open(root)?;
-    let image = images
-        .resolve(&args.image)
-        .with_context(|| format!("unable to find image {:?} in the local store", args.image))?;
+    let image = find_or_pull(&images, args)?;
     let config: ImageConfig = serde_json::from_slice(&image.config)
         .with_context(|| format!("cannot read the config of image {}", image.id()))?;
     let argv = command_line(&config, args.entrypoint.as_deref(), &args.args)?;
@@ -155,6 +163,35 @@ fn start(root: &Path, args: &RunArgs, cancel: &CancelHandle) -> anyhow::Result<T
     // container's business.
     drop(scratch);
     Ok(outcome.termination)
+}
+
+/// The image from the local store, pulled first as `--pull` says (docker
+/// run's behaviour: an image that is not present is pulled).
+fn find_or_pull(images: &ImageStore, args: &RunArgs) -> anyhow::Result<Image> {
+    let policy = super::pull::policy(&args.pull)?;
+    if policy != PullPolicy::Always {
+        match images.resolve(&args.image) {
+            Ok(image) => return Ok(image),
+            Err(ImageError::NotFound(_)) if policy == PullPolicy::Missing => {}
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "unable to find image {:?} in the local store",
+                    args.image
+                )));
+            }
+        }
+    }
+    let reference = registry::parse_reference(&args.image)?;
+    let full = registry::full_name(&reference);
+    if policy == PullPolicy::Missing {
+        eprintln!("Unable to find image '{}' locally", args.image);
+    }
+    let client = args.registry.client(args.platform.as_deref())?;
+    let started = std::time::Instant::now();
+    let pulled = registry::ensure_image(&client, images, &reference, policy)
+        .with_context(|| format!("cannot pull {}", args.image))?;
+    super::pull::report(&pulled, &full, started, true);
+    Ok(pulled.image)
 }
 
 /// `-e` values: `K=V`, or `K` alone taking the caller's value (and nothing

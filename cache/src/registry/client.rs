@@ -245,6 +245,12 @@ impl Client {
             .clone()
     }
 
+    /// Uses `creds` for `registry` instead of the stored ones (for `login`).
+    pub fn set_credentials(&self, registry: &str, creds: Credentials) {
+        let ep = self.endpoint(registry);
+        let _ = ep.credentials.set(Some(creds));
+    }
+
     fn is_insecure(&self, registry: &str) -> bool {
         let host = registry.split(':').next().unwrap_or(registry);
         self.opts
