@@ -34,7 +34,7 @@ use crate::images::ImageError;
 use crate::store::StoreError;
 
 pub use client::{Client, RegistryOptions};
-pub use pull::{PullPolicy, Pulled, ensure_image, find_local, pull};
+pub use pull::{PullPolicy, Pulled, ensure_image, ensure_image_for, find_local, pull, pull_for};
 pub use push::{BlobOutcome, Pushed, push, push_many};
 
 /// An error talking to a registry.

@@ -235,8 +235,20 @@ pub fn ensure_image(
     reference: &Reference,
     policy: PullPolicy,
 ) -> Result<Pulled, RegistryError> {
+    ensure_image_for(client, images, reference, policy, &client.opts.platform)
+}
+
+/// [`ensure_image`] for a given platform (a build's `--platform`).
+pub fn ensure_image_for(
+    client: &Client,
+    images: &ImageStore,
+    reference: &Reference,
+    policy: PullPolicy,
+    platform: &Platform,
+) -> Result<Pulled, RegistryError> {
+    // A digest names content: present means current, whatever the policy.
     if policy != PullPolicy::Always || reference.digest().is_some() {
-        if let Some(image) = find_local(images, reference, &client.opts.platform)? {
+        if let Some(image) = find_local(images, reference, platform)? {
             let digest = match reference.digest().and_then(|d| d.parse().ok()) {
                 Some(d) => d,
                 None => image.manifest_digest,
@@ -255,7 +267,7 @@ pub fn ensure_image(
             full_name(reference),
         )));
     }
-    pull(client, images, reference)
+    pull_for(client, images, reference, platform)
 }
 
 /// Fetches a manifest (or index) by tag or digest, checking its digest.
@@ -329,6 +341,16 @@ pub fn pull(
     images: &ImageStore,
     reference: &Reference,
 ) -> Result<Pulled, RegistryError> {
+    pull_for(client, images, reference, &client.opts.platform)
+}
+
+/// [`pull`] for a given platform.
+pub fn pull_for(
+    client: &Client,
+    images: &ImageStore,
+    reference: &Reference,
+    platform: &Platform,
+) -> Result<Pulled, RegistryError> {
     let ep = client.endpoint(reference.registry());
     let repo = reference.repository();
     let shown = full_name(reference);
@@ -348,7 +370,7 @@ pub fn pull(
         fetch_manifest(client, &ep, reference, &target, pinned, &scopes)?;
     let store = images.store();
     let (manifest, manifest_digest) = if is_index(&media_type) {
-        let chosen = pick(&bytes, &client.opts.platform, &shown)?;
+        let chosen = pick(&bytes, platform, &shown)?;
         // Kept so that a pull pinned to the index digest can be answered
         // offline next time.
         store.put_blob(&bytes)?;
