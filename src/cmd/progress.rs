@@ -212,10 +212,11 @@ impl Renderer {
     }
 
     /// Ends the display with the total time and step counts; shown once,
-    /// later calls do nothing.
+    /// later calls do nothing, and not at all when no step was shown (a
+    /// Dockerfile error is then all there is to say).
     pub(crate) fn summary(&self, ok: bool) {
         let mut s = self.lock();
-        if s.summarized {
+        if s.summarized || s.next == 1 {
             return;
         }
         s.summarized = true;
@@ -481,6 +482,16 @@ mod tests {
         failing_build(&r);
         cached_build(&r);
         assert_eq!(out.text(), "");
+    }
+
+    #[test]
+    fn no_summary_without_steps() {
+        for mode in [Mode::Plain, Mode::Json] {
+            let out = Shared::default();
+            let r = Renderer::new(mode, Box::new(out.clone()));
+            r.summary(false);
+            assert_eq!(out.text(), "", "{mode:?}");
+        }
     }
 
     #[test]
