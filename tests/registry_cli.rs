@@ -421,6 +421,113 @@ fn registry_server_errors_are_retried() {
 }
 
 #[test]
+fn registry_dropped_connections_are_retried() {
+    if !available() {
+        return;
+    }
+    let reg = Registry::plain();
+    let t = TestRoot::new();
+    let cfg = t.path("docker-config");
+    t.busybox_image("app:1", serde_json::json!({}));
+    ok(
+        &builder(
+            &t,
+            &cfg,
+            &["push", "app:1", &format!("{}/drop/app:1", reg.host())],
+        ),
+        "push",
+    );
+    let proxy = Proxy::start(reg.port, Mode::DropBlobs(2));
+    let t2 = TestRoot::new();
+    ok(
+        &builder(
+            &t2,
+            &cfg,
+            &["pull", &format!("{}/drop/app:1", proxy.host())],
+        ),
+        "pull through a proxy that cuts two transfers",
+    );
+    assert_eq!(proxy.failures.load(std::sync::atomic::Ordering::SeqCst), 2);
+    t2.check_store();
+}
+
+#[test]
+fn registry_credential_helpers_get_store_and_erase() {
+    if !available() || !registry_support::htpasswd_available() {
+        return;
+    }
+    let reg = Registry::with_basic_auth("carol", "helper-pw");
+    let t = TestRoot::new();
+    let cfg = t.path("docker-config");
+    fs::create_dir_all(&cfg).unwrap();
+    // A helper that keeps one entry in a file, as docker-credential-pass would.
+    let bin = t.path("bin");
+    fs::create_dir_all(&bin).unwrap();
+    let state = t.path("helper-state");
+    let script = format!(
+        "#!/bin/sh\nstate={state}\ncase \"$1\" in\n\
+         get) read server; if [ -f \"$state\" ]; then cat \"$state\"; else echo 'credentials not found in native keychain'; exit 1; fi;;\n\
+         store) cat > \"$state\";;\n\
+         erase) read server; rm -f \"$state\";;\n\
+         esac\n",
+        state = state.display()
+    );
+    let helper = bin.join("docker-credential-fake");
+    fs::write(&helper, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&helper, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(
+        cfg.join("config.json"),
+        serde_json::json!({"credHelpers": {reg.host(): "fake"}, "other": 1}).to_string(),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = |args: &[&str], stdin: Option<&str>| {
+        let mut c = t.builder();
+        c.env("DOCKER_CONFIG", &cfg)
+            .env("PATH", &path)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        let mut input = child.stdin.take().unwrap();
+        if let Some(s) = stdin {
+            input.write_all(s.as_bytes()).unwrap();
+        }
+        drop(input);
+        child.wait_with_output().unwrap()
+    };
+    t.busybox_image("app:1", serde_json::json!({}));
+    let target = format!("{}/helper/app:1", reg.host());
+    let out = run(&["push", "app:1", &target], None);
+    assert!(stderr(&out).contains("builder login"), "{}", stderr(&out));
+    let out = run(
+        &["login", "-u", "carol", "--password-stdin", &reg.host()],
+        Some("helper-pw"),
+    );
+    ok(&out, "login through the helper");
+    let stored: serde_json::Value = serde_json::from_slice(&fs::read(&state).unwrap()).unwrap();
+    assert_eq!(stored["Username"], "carol");
+    assert_eq!(stored["ServerURL"], reg.host());
+    let config = fs::read_to_string(cfg.join("config.json")).unwrap();
+    assert!(
+        !config.contains("helper-pw"),
+        "the password went to config.json: {config}"
+    );
+    ok(
+        &run(&["push", "app:1", &target], None),
+        "push with the helper's credentials",
+    );
+    ok(&run(&["logout", &reg.host()], None), "logout");
+    assert!(!state.exists(), "the helper was not asked to erase");
+}
+
+#[test]
 fn registry_unreachable_and_invalid_references_are_clear_errors() {
     let t = TestRoot::new();
     let cfg = t.path("docker-config");

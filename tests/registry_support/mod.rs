@@ -182,6 +182,8 @@ pub(crate) enum Mode {
     TamperBlobs,
     /// Answer the first `n` blob GETs with 503.
     FailBlobs(usize),
+    /// Cut the connection halfway through the body of the first `n` blob GETs.
+    DropBlobs(usize),
     /// Require `Authorization: Bearer <token>` for `/v2/…`, handing out
     /// tokens at `/token` (to anyone, or only to `user:password`).
     Bearer {
@@ -463,6 +465,20 @@ impl State {
         } else {
             read_body(&mut up_reader, &up_headers, true)?
         };
+        if let Mode::DropBlobs(n) = &self.mode {
+            if is_blob_get && body.len() > 1 && self.failures.fetch_add(1, Ordering::SeqCst) < *n {
+                let out = format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                );
+                conn.write_all(out.as_bytes())?;
+                conn.write_all(&body[..body.len() / 2])?;
+                conn.flush()?;
+                return conn.shutdown(std::net::Shutdown::Both);
+            } else if is_blob_get && body.len() > 1 {
+                self.failures.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
         if matches!(self.mode, Mode::TamperBlobs)
             && is_blob_get
             && status.starts_with("200")

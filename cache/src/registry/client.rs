@@ -525,14 +525,15 @@ fn basic(c: &Credentials) -> String {
     )
 }
 
-/// Whether a transport error may go away when the request is tried again.
+/// Whether a transport error may go away when the request is tried again
+/// (not an unknown host: no network or a typo, and retrying only delays
+/// the error).
 fn retryable(e: &ureq::Error) -> bool {
     matches!(
         e,
         ureq::Error::Io(_)
             | ureq::Error::Timeout(_)
             | ureq::Error::ConnectionFailed
-            | ureq::Error::HostNotFound
             | ureq::Error::Protocol(_)
             | ureq::Error::BodyStalled
             | ureq::Error::Tls(_)
