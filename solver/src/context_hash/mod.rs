@@ -420,7 +420,7 @@ impl ContextHasher {
         }
         let mut nodes = found.nodes;
         // Overlapping sources name the same entries more than once.
-        nodes.sort_unstable_by(|a, b| a.name.cmp(&b.name).then_with(|| a.real.cmp(&b.real)));
+        nodes.par_sort_unstable_by(|a, b| a.name.cmp(&b.name).then_with(|| a.real.cmp(&b.real)));
         nodes.dedup_by(|a, b| a.name == b.name && a.real == b.real);
 
         let hashed: Vec<(Content, Update)> = nodes
@@ -457,33 +457,38 @@ impl ContextHasher {
     fn finish(&self, nodes: Vec<Node>, contents: Vec<Content>, markers: Vec<String>) -> ContextSum {
         // COPY keeps hard links between the files it copies: a file with
         // other selected names for its inode is hashed with the first of
-        // them.
-        let mut inodes: HashMap<(u64, u64), &[u8]> = HashMap::new();
-        let mut linked: HashMap<(u64, u64), usize> = HashMap::new();
+        // them (nodes are sorted by name).
+        let mut first_names: HashMap<(u64, u64), (Vec<u8>, usize)> = HashMap::new();
         for node in &nodes {
             if node.meta.is_file() && node.meta.nlink() > 1 {
                 let key = (node.meta.dev(), node.meta.ino());
-                // Sorted by name: the first one seen is the first.
-                inodes.entry(key).or_insert(&node.name);
-                *linked.entry(key).or_default() += 1;
+                first_names
+                    .entry(key)
+                    .or_insert_with(|| (node.name.clone(), 0))
+                    .1 += 1;
             }
         }
         let mut entries: Vec<(Vec<u8>, [u8; 32])> = nodes
-            .par_iter()
-            .zip(contents.par_iter())
+            .into_par_iter()
+            .zip(contents.into_par_iter())
             .map(|(node, content)| {
-                let key = (node.meta.dev(), node.meta.ino());
-                let hard_link = (node.meta.is_file()
-                    && node.meta.nlink() > 1
-                    && linked.get(&key).is_some_and(|n| *n > 1))
-                .then(|| inodes[&key]);
-                (node.name.clone(), entry_digest(node, content, hard_link))
+                let hard_link = if node.meta.is_file() && node.meta.nlink() > 1 {
+                    first_names
+                        .get(&(node.meta.dev(), node.meta.ino()))
+                        .filter(|(_, count)| *count > 1)
+                        .map(|(name, _)| name.as_slice())
+                } else {
+                    None
+                };
+                let digest = entry_digest(&node, &content, hard_link);
+                (node.name, digest)
             })
             .collect();
         for marker in markers {
             let digest = marker_digest(&marker);
             entries.push((marker.into_bytes(), digest));
         }
+        // Linear when there are no markers: the nodes came sorted.
         entries.sort_unstable();
         entries.dedup();
         let mut h = Sha256::new();
@@ -498,10 +503,9 @@ impl ContextHasher {
             entries: entries
                 .into_iter()
                 .map(|(name, digest)| {
-                    (
-                        String::from_utf8_lossy(&name).into_owned(),
-                        Digest::from_bytes(digest),
-                    )
+                    let name = String::from_utf8(name)
+                        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+                    (name, Digest::from_bytes(digest))
                 })
                 .collect(),
         }
@@ -511,12 +515,13 @@ impl ContextHasher {
     /// stat cache when its stat is unchanged) or a link's target.
     fn content(&self, node: &Node, start: i64) -> Result<(Content, Update), ContextHashError> {
         let ft = node.meta.file_type();
-        let host = self.dir.join(&node.real);
         if ft.is_symlink() {
-            let target = fs::read_link(&host).map_err(|source| ContextHashError::Io {
-                what: "read link",
-                path: node.real.clone(),
-                source,
+            let target = fs::read_link(self.dir.join(&node.real)).map_err(|source| {
+                ContextHashError::Io {
+                    what: "read link",
+                    path: node.real.clone(),
+                    source,
+                }
             })?;
             return Ok((
                 Content::Link(target.into_os_string().into_vec()),
@@ -543,15 +548,16 @@ impl ContextHasher {
             Some(_) => true,
             None => false,
         };
-        let (digest, size) = hash_file(&host).map_err(|source| ContextHashError::Io {
-            what: if is_missing(&source) {
-                "file vanished while hashing"
-            } else {
-                "read"
-            },
-            path: node.real.clone(),
-            source,
-        })?;
+        let (digest, size) =
+            hash_file(&self.dir.join(&node.real)).map_err(|source| ContextHashError::Io {
+                what: if is_missing(&source) {
+                    "file vanished while hashing"
+                } else {
+                    "read"
+                },
+                path: node.real.clone(),
+                source,
+            })?;
         self.files_read.fetch_add(1, Ordering::Relaxed);
         self.bytes_read.fetch_add(size, Ordering::Relaxed);
         // A file that changed while it was read, or too recently for its

@@ -159,13 +159,15 @@ impl Walker<'_> {
                 },
                 None => None,
             };
-            let rel = job.rel.join(&file_name);
-            let exclude = match &job.exclude {
-                Some(m) => match m.child(&rel.to_string_lossy(), is_dir) {
-                    Some(child) => Some(child),
-                    None => continue,
-                },
-                None => None,
+            let (rel, exclude) = match &job.exclude {
+                Some(m) => {
+                    let rel = job.rel.join(&file_name);
+                    match m.child(&rel.to_string_lossy(), is_dir) {
+                        Some(child) => (rel, Some(child)),
+                        None => continue,
+                    }
+                }
+                None => (PathBuf::new(), None),
             };
             let name = join_name(&job.name, OsStr::as_bytes(&file_name));
             if is_dir {
