@@ -1,6 +1,7 @@
 //! Dockerfile frontend: parse → typed instructions → build graph. Pure: no I/O
 //! beyond what callers hand in, no processes, no network.
 
+pub mod checks;
 pub mod convert;
 pub mod dockerignore;
 pub mod error;
