@@ -132,13 +132,11 @@ pub enum RegistryError {
 }
 
 impl RegistryError {
-    /// Whether the request may succeed when tried again.
+    /// Whether a transfer should start over: its body broke off midway.
+    /// (Failed requests were already retried by [`Client`]; retrying them
+    /// again here would multiply the attempts.)
     pub(crate) fn is_transient(&self) -> bool {
-        match self {
-            RegistryError::Unreachable { .. } | RegistryError::Read { .. } => true,
-            RegistryError::Status { status, .. } => is_retry_status(*status),
-            _ => false,
-        }
+        matches!(self, RegistryError::Read { .. })
     }
 }
 
