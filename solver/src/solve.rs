@@ -29,7 +29,7 @@ use frontend::dockerignore::PatternMatcher;
 use frontend::graph::{NetworkMode, Op, SourcePos, VertexId};
 
 use crate::cachekey::{KeyComputer, KeyError, VertexKey};
-use crate::image::{ImageWriteError, Timestamp, write_image};
+use crate::image::{ImageWriteError, StoredImage, Timestamp, write_image};
 use crate::ops::State;
 use crate::ops::copy::CopyError;
 use crate::resolver::{LocalResolver, error_chain, parse_digest};
@@ -450,10 +450,14 @@ pub fn build_with(
             });
         }
     };
-    let created = req
-        .source_date_epoch
-        .map_or_else(Timestamp::now, Timestamp::from_unix);
-    let stored = write_image(store, &target.image, &chain, created)?;
+    let ran_nothing = stats
+        .executed
+        .iter()
+        .all(|&id| matches!(graph.vertex(id).op, Op::Source(_)));
+    let stored = match req.source_date_epoch {
+        Some(epoch) => write_image(store, &target.image, &chain, Timestamp::from_unix(epoch))?,
+        None => write_dated_image(store, &target.image, &chain, ran_nothing)?,
+    };
     Ok(BuildResult {
         manifest_digest: stored.manifest_digest,
         config_digest: stored.config_digest,
@@ -485,6 +489,51 @@ fn step_notes(graph: &frontend::graph::BuildGraph, req: &BuildRequest) -> Vec<Op
             Some(format!("step-{}", Digest::of(identity.as_bytes()).hex()))
         })
         .collect()
+}
+
+/// Writes the image dated now, except that a build which ran nothing gives
+/// the image the previous identical build made (same config, same layers),
+/// dated as then: like docker's classic builder, a fully cached rebuild
+/// yields the same image id and writes no new blobs.
+fn write_dated_image(
+    store: &Store,
+    image: &frontend::convert::ImageConfig,
+    chain: &crate::rootfs::LayerChain,
+    ran_nothing: bool,
+) -> Result<StoredImage, BuildError> {
+    // The image without its dates names the note that keeps them.
+    let undated = crate::image::config_json(image, chain, Timestamp::from_unix(0))
+        .map(|bytes| format!("image-created-{}", Digest::of(&bytes).hex()))
+        .ok();
+    let index = KeyIndex::new(store);
+    if ran_nothing {
+        let previous = undated
+            .as_deref()
+            .and_then(|name| index.note(name))
+            .and_then(|bytes| parse_timestamp(&bytes));
+        if let Some(created) = previous {
+            return Ok(write_image(store, image, chain, created)?);
+        }
+    }
+    let created = Timestamp::now();
+    let stored = write_image(store, image, chain, created)?;
+    if let Some(name) = undated {
+        // Advisory: without the note the next cached build is dated anew.
+        let _ = index.put_note(
+            &name,
+            format!("{} {}", created.seconds, created.nanos).as_bytes(),
+        );
+    }
+    Ok(stored)
+}
+
+fn parse_timestamp(bytes: &[u8]) -> Option<Timestamp> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let (seconds, nanos) = text.trim().split_once(' ')?;
+    Some(Timestamp {
+        seconds: seconds.parse().ok()?,
+        nanos: nanos.parse().ok().filter(|n| *n < 1_000_000_000)?,
+    })
 }
 
 /// The vertices `target` depends on (itself included), in id order, which

@@ -866,6 +866,33 @@ fn a_cached_rebuild_runs_nothing_and_gives_the_same_image() {
 }
 
 #[test]
+fn a_cached_rebuild_without_source_date_epoch_keeps_the_image_id() {
+    require_root!();
+    let f = Fixture::new();
+    let dockerfile = "FROM busybox:test\nRUN echo hi > /hi\nLABEL a=b\n";
+    let req = f.request(dockerfile);
+    assert_eq!(req.source_date_epoch, None);
+    let first = f.build_request(&req).unwrap();
+    let blobs = |f: &Fixture| {
+        fs::read_dir(f.store.root().join("blobs/sha256"))
+            .unwrap()
+            .count()
+    };
+    let before = blobs(&f);
+    let second = f.build_request(&req).unwrap();
+    assert!(second.stats.executed.is_empty(), "{:?}", second.stats);
+    assert_eq!(second.config_digest, first.config_digest);
+    assert_eq!(second.manifest_digest, first.manifest_digest);
+    assert_eq!(blobs(&f), before, "a cached rebuild wrote new blobs");
+    // With --no-cache the step runs again and the image is dated anew.
+    let mut again = req.clone();
+    again.no_cache = true;
+    let third = f.build_request(&again).unwrap();
+    assert!(!third.stats.executed.is_empty());
+    assert_ne!(third.config_digest, first.config_digest);
+}
+
+#[test]
 fn cached_results_survive_removed_snapshots() {
     require_root!();
     let f = Fixture::new();
