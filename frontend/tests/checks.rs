@@ -139,3 +139,84 @@ fn known_image_env_defines_variables() {
     let report = checks::run(src, &opts).expect("checks run");
     assert!(report.findings.is_empty(), "{:?}", report.findings);
 }
+
+/// Timing, not a pass/fail check: run with
+/// `cargo test --release -p frontend --test checks -- --ignored --nocapture`.
+/// A 5,000-instruction multi-stage Dockerfile in the shape of the compile
+/// benchmark's.
+#[test]
+#[ignore = "timing; run by hand"]
+fn timing_5000_instructions() {
+    use std::fmt::Write as _;
+    let mut src = String::from("ARG BASE=alpine:3.20\nARG VERSION=1.0\n");
+    for s in 0..50 {
+        if s % 3 == 0 {
+            writeln!(src, "FROM ${{BASE}} AS stage{s}\nARG VERSION").unwrap();
+        } else {
+            writeln!(src, "FROM stage{} AS stage{s}\nARG VERSION", s - 1).unwrap();
+        }
+        for i in 0..98 {
+            let line = match i % 10 {
+                0 => format!("ENV VAR_{i}=value-{i} PATH=/opt/{i}/bin:$PATH"),
+                1 => format!("COPY --chown=app:app src/file-{i}.txt /app/data/"),
+                2 => format!("ARG ARG_{i}=default-{i}"),
+                3 => format!("LABEL com.example.label-{i}=\"value ${{ARG_{}}}\"", i - 1),
+                4 => format!("RUN echo {i} $VAR_{}", i - 4),
+                5 => format!("WORKDIR /work/dir-{i}"),
+                6 => format!("EXPOSE {} {}/udp", 1000 + i, 2000 + i),
+                7 => format!("USER user{i}:group{i}"),
+                8 => format!("CMD [\"/app/server\", \"--port\", \"{i}\"]"),
+                _ => format!("VOLUME /data/{i}"),
+            };
+            writeln!(src, "{line}").unwrap();
+        }
+    }
+    let ignore = PatternMatcher::new(["*.md", "target"]).unwrap();
+    let opts = CheckOptions {
+        ignore: Some(&ignore),
+        ..CheckOptions::default()
+    };
+    let mut times = Vec::new();
+    let mut findings = 0;
+    for _ in 0..20 {
+        let t = std::time::Instant::now();
+        findings = checks::run(src.as_bytes(), &opts).unwrap().findings.len();
+        times.push(t.elapsed());
+    }
+    times.sort();
+    let mut parse_times = Vec::new();
+    for _ in 0..20 {
+        let t = std::time::Instant::now();
+        let ast = frontend::parser::parse(src.as_bytes()).unwrap();
+        let loc = frontend::instructions::Locator::new(src.as_bytes());
+        drop(frontend::instructions::parse_dockerfile(ast, &loc).unwrap());
+        parse_times.push(t.elapsed());
+    }
+    parse_times.sort();
+    println!("parse alone: min {:?}", parse_times[0]);
+    println!(
+        "checks on {} lines: min {:?}, median {:?}, {findings} findings",
+        src.lines().count(),
+        times[0],
+        times[times.len() / 2]
+    );
+}
+
+#[test]
+fn configuration_errors_name_their_source() {
+    let src = b"# check=error=maybe\nFROM busybox\n";
+    let err = checks::run(src, &CheckOptions::default()).unwrap_err();
+    assert_eq!(
+        err.render("Dockerfile", src),
+        "Dockerfile:1:1: invalid check directive: failed to parse check option \"error=maybe\": invalid boolean \"maybe\"\n    1 | # check=error=maybe\n      | ^\n"
+    );
+    let opts = CheckOptions {
+        build_args: [(checks::CHECK_BUILD_ARG.to_string(), "skip".to_string())].into(),
+        ..CheckOptions::default()
+    };
+    let err = checks::run(b"FROM busybox\n", &opts).unwrap_err();
+    assert_eq!(
+        err.render("Dockerfile", b"FROM busybox\n"),
+        "invalid BUILDKIT_DOCKERFILE_CHECK build arg: invalid check option \"skip\"\n"
+    );
+}

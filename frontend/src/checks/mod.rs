@@ -236,6 +236,25 @@ pub enum CheckError {
     BuildArg(#[source] CheckConfigError),
 }
 
+impl CheckError {
+    /// For a person: a Dockerfile or directive error as `PATH:LINE:COL:
+    /// message` with the line and a caret, a build arg error on one line.
+    pub fn render(&self, path: &str, source: &[u8]) -> String {
+        match self {
+            CheckError::Dockerfile(e) => e.render(path, source),
+            CheckError::Directive {
+                line,
+                source: cause,
+            } => SourceError::new(
+                Position::new(*line, 1),
+                format!("invalid check directive: {cause}"),
+            )
+            .render(path, source),
+            CheckError::BuildArg(cause) => format!("{self}: {cause}\n"),
+        }
+    }
+}
+
 struct DirectivePos(usize);
 
 impl std::fmt::Display for DirectivePos {
