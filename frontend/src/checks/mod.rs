@@ -139,6 +139,12 @@ pub const RULES: &[Rule] = &[
         "IP address and host-port mapping should not be used in EXPOSE instruction. This will become an error in a future release"
     ),
     rule!(
+        "InvalidDefinitionDescription",
+        "invalid-definition-description",
+        "Comment for build stage or argument should follow the format: `# <arg/stage name> <description>`. If this is not intended to be a description comment, add an empty line or comment between the instruction and the comment.",
+        true
+    ),
+    rule!(
         "CopyIgnoredFile",
         "copy-ignored-file",
         "Attempting to Copy file that is excluded by .dockerignore",

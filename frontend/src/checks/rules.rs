@@ -95,7 +95,32 @@ pub(super) fn evaluate(
     let escape = if ast.escape == '\0' { '\\' } else { ast.escape };
     let lexer = Lexer::new(escape);
     let loc = Locator::new(src);
+    // Comments above FROM and ARG, by line, for InvalidDefinitionDescription.
+    let comments: BTreeMap<usize, Vec<String>> = ast
+        .children
+        .iter()
+        .filter(|n| {
+            !n.prev_comment.is_empty()
+                && (n.value.eq_ignore_ascii_case("from") || n.value.eq_ignore_ascii_case("arg"))
+        })
+        .map(|n| (n.start_line, n.prev_comment.clone()))
+        .collect();
     let df = instructions::parse_dockerfile(ast, &loc)?;
+    for s in &df.stages {
+        if let [_, _, name] = from_words(&s.original)[..] {
+            definition_comment(&mut lint, &comments, "FROM", &[name], s);
+        }
+    }
+    for cmd in df
+        .meta_args
+        .iter()
+        .chain(df.stages.iter().flat_map(|s| s.commands.iter()))
+    {
+        if let Instruction::Arg { args } = &cmd.instruction {
+            let keys: Vec<&str> = args.iter().map(|a| a.key.as_str()).collect();
+            definition_comment(&mut lint, &comments, "ARG", &keys, cmd);
+        }
+    }
 
     instruction_casing(&mut lint, &df.stages);
     stage_names(&mut lint, &df.stages);
@@ -395,6 +420,53 @@ fn from_line(
             ),
         );
     }
+}
+
+/// Something with a first line and a position.
+trait Located {
+    fn start_line(&self) -> usize;
+    fn position(&self) -> Position;
+}
+
+impl Located for Stage {
+    fn start_line(&self) -> usize {
+        self.span.start_line
+    }
+    fn position(&self) -> Position {
+        self.position
+    }
+}
+
+impl Located for Command {
+    fn start_line(&self) -> usize {
+        self.span.start_line
+    }
+    fn position(&self) -> Position {
+        self.position
+    }
+}
+
+/// InvalidDefinitionDescription (experimental): the comment right above a
+/// named FROM or an ARG should start with the name it describes.
+fn definition_comment(
+    lint: &mut Linter<'_>,
+    comments: &BTreeMap<usize, Vec<String>>,
+    instruction: &str,
+    keys: &[&str],
+    at: &impl Located,
+) {
+    let Some(last) = comments.get(&at.start_line()).and_then(|c| c.last()) else {
+        return;
+    };
+    if keys.is_empty() || keys.contains(&last.split(' ').next().unwrap_or("")) {
+        return;
+    }
+    let example = if keys.len() > 1 { "<arg_key>" } else { keys[0] };
+    lint.emit(
+        "InvalidDefinitionDescription",
+        at.position(),
+        format!("Comment for {instruction} should follow the format: `# {example} <description>`"),
+    );
 }
 
 /// SecretsUsedInArgOrEnv.
