@@ -64,6 +64,8 @@ pub(crate) enum Command {
     Login(cmd::login::LoginArgs),
     /// Log out from a registry.
     Logout(cmd::login::LogoutArgs),
+    /// Serve a build cache shared by a team (OCI distribution API).
+    CacheServer(cmd::cache_server::CacheServerArgs),
 }
 
 fn main() -> ExitCode {
@@ -84,6 +86,7 @@ fn main() -> ExitCode {
         Command::Push(a) => cmd::push::run(&cli.root, a),
         Command::Login(a) => cmd::login::login(&cli.root, a),
         Command::Logout(a) => cmd::login::logout(&cli.root, a),
+        Command::CacheServer(a) => cmd::cache_server::run(a),
     };
     match result {
         Ok(code) => code,

@@ -3,6 +3,7 @@
 //! import/export of OCI and docker archives.
 
 pub mod archive;
+pub mod cacheserver;
 pub mod compression;
 pub mod digest;
 pub mod gc;

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub(crate) mod build;
+pub(crate) mod cache_server;
 pub(crate) mod debug;
 pub(crate) mod du;
 pub(crate) mod images;

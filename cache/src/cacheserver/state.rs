@@ -1,0 +1,596 @@
+//! What the cache server knows besides blob bytes: each repository's tags and
+//! manifests (kept crash-safely in `STORE/repositories/`), the size and last
+//! access of every blob, and the LRU eviction that keeps the store under
+//! `--max-size`.
+//!
+//! Invariants, held under one lock: a manifest is recorded only once every
+//! blob and child manifest it names is in the store; a blob that a recorded
+//! manifest names is never removed; a manifest is unrecorded (and its record
+//! written) before the blobs only it named are removed. So a client never
+//! gets a manifest whose blobs are gone, and a client streaming a blob that
+//! is evicted meanwhile keeps reading it through its open file.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use crate::digest::Digest;
+use crate::store::{Store, StoreError};
+
+/// Version of the repository records.
+const RECORD_VERSION: u32 = 1;
+
+/// A blob's access time is written to its mtime (which survives restarts)
+/// at most this often.
+const TOUCH_PERSIST_EVERY: Duration = Duration::from_secs(60);
+
+/// One repository: its tags and the manifests pushed to it.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Repo {
+    version: u32,
+    pub(crate) tags: BTreeMap<String, Digest>,
+    pub(crate) manifests: BTreeMap<Digest, ManifestRecord>,
+}
+
+/// A manifest of a repository: how to serve it and what it names.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct ManifestRecord {
+    pub(crate) media_type: String,
+    /// Blobs (config, layers) and child manifests (of an index) it names.
+    pub(crate) refs: Vec<Digest>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct BlobInfo {
+    size: u64,
+    access: SystemTime,
+    /// When `access` was last written to the file's mtime.
+    persisted: SystemTime,
+    /// When it was last uploaded or mounted (even if already present).
+    pushed: SystemTime,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Meta {
+    pub(crate) repos: BTreeMap<String, Repo>,
+    blobs: HashMap<Digest, BlobInfo>,
+    total: u64,
+}
+
+/// The server's metadata and the store it describes.
+#[derive(Debug)]
+pub(crate) struct State {
+    store: Store,
+    repos_dir: PathBuf,
+    meta: Mutex<Meta>,
+    max_size: Option<u64>,
+    /// Unreferenced blobs younger than this are kept: they are probably
+    /// the layers of a push whose manifest has not arrived yet.
+    upload_grace: Duration,
+}
+
+/// An error of the server's metadata.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot access {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("invalid repository record {path}")]
+    BadRecord {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(
+        "repository record {path} has version {found}, this builder reads version {RECORD_VERSION}"
+    )]
+    RecordVersion { path: PathBuf, found: u32 },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StateError + '_ {
+    move |source| StateError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The outcome of an eviction pass.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Evicted {
+    pub(crate) manifests: usize,
+    pub(crate) blobs: usize,
+    pub(crate) bytes: u64,
+}
+
+impl State {
+    /// Loads the records and scans the blobs of `store`. Manifests whose
+    /// blobs are missing (a store edited by hand) are dropped.
+    pub(crate) fn load(
+        store: Store,
+        max_size: Option<u64>,
+        upload_grace: Duration,
+    ) -> Result<State, StateError> {
+        let repos_dir = store.root().join("repositories");
+        fs::create_dir_all(&repos_dir).map_err(io_err(&repos_dir))?;
+        let mut meta = Meta::default();
+        let blobs_dir = store.root().join("blobs").join("sha256");
+        for entry in fs::read_dir(&blobs_dir).map_err(io_err(&blobs_dir))? {
+            let entry = entry.map_err(io_err(&blobs_dir))?;
+            let Some(digest) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| format!("sha256:{n}").parse::<Digest>().ok())
+            else {
+                continue;
+            };
+            let Ok(m) = entry.metadata() else { continue };
+            if !m.is_file() {
+                continue;
+            }
+            let access = m.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+            meta.total += m.len();
+            meta.blobs.insert(
+                digest,
+                BlobInfo {
+                    size: m.len(),
+                    access,
+                    persisted: access,
+                    // A push in progress does not survive a restart.
+                    pushed: SystemTime::UNIX_EPOCH,
+                },
+            );
+        }
+        for entry in fs::read_dir(&repos_dir).map_err(io_err(&repos_dir))? {
+            let entry = entry.map_err(io_err(&repos_dir))?;
+            let path = entry.path();
+            let Some(file) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let Some(stem) = file.strip_suffix(".json") else {
+                continue;
+            };
+            let name = stem.replace('+', "/");
+            let data = fs::read(&path).map_err(io_err(&path))?;
+            let mut repo: Repo =
+                serde_json::from_slice(&data).map_err(|source| StateError::BadRecord {
+                    path: path.clone(),
+                    source,
+                })?;
+            if repo.version != RECORD_VERSION {
+                return Err(StateError::RecordVersion {
+                    path,
+                    found: repo.version,
+                });
+            }
+            repo.manifests.retain(|d, m| {
+                meta.blobs.contains_key(d) && m.refs.iter().all(|r| meta.blobs.contains_key(r))
+            });
+            let manifests = &repo.manifests;
+            repo.tags.retain(|_, d| manifests.contains_key(d));
+            meta.repos.insert(name, repo);
+        }
+        Ok(State {
+            store,
+            repos_dir,
+            meta: Mutex::new(meta),
+            max_size,
+            upload_grace,
+        })
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub(crate) fn max_size(&self) -> Option<u64> {
+        self.max_size
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Meta> {
+        // A panic while holding the lock leaves consistent data: every
+        // change is applied in memory only after its file was written.
+        self.meta.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Bytes of blobs in the store.
+    pub(crate) fn total(&self) -> u64 {
+        self.lock().total
+    }
+
+    /// Size of a blob, recording an access; `None` if it is not stored.
+    pub(crate) fn touch_blob(&self, d: &Digest) -> Option<u64> {
+        let mut meta = self.lock();
+        let now = SystemTime::now();
+        let info = meta.blobs.get_mut(d)?;
+        info.access = now;
+        if now
+            .duration_since(info.persisted)
+            .is_ok_and(|age| age >= TOUCH_PERSIST_EVERY)
+        {
+            info.persisted = now;
+            // Best effort: a lost access time only makes eviction a little
+            // less accurate after a restart.
+            if let Ok(f) = File::open(self.store.blob_path(d)) {
+                let _ = f.set_modified(now);
+            }
+        }
+        Some(info.size)
+    }
+
+    /// Writes access times not yet saved to the blobs' mtimes, so that
+    /// the LRU order survives a restart; done at shutdown.
+    pub(crate) fn persist_access(&self) {
+        let mut meta = self.lock();
+        for (d, info) in meta.blobs.iter_mut() {
+            if info.access > info.persisted {
+                if let Ok(f) = File::open(self.store.blob_path(d)) {
+                    let _ = f.set_modified(info.access);
+                }
+                info.persisted = info.access;
+            }
+        }
+    }
+
+    /// Records that a pusher mounted a stored blob; false if it is not
+    /// stored.
+    pub(crate) fn mount_blob(&self, d: &Digest) -> bool {
+        let mut meta = self.lock();
+        let now = SystemTime::now();
+        match meta.blobs.get_mut(d) {
+            Some(info) => {
+                info.access = now;
+                info.pushed = now;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records a blob that was just committed to the store.
+    pub(crate) fn add_blob(&self, d: Digest, size: u64) {
+        let mut meta = self.lock();
+        let now = SystemTime::now();
+        let info = BlobInfo {
+            size,
+            access: now,
+            persisted: now,
+            pushed: now,
+        };
+        if let Some(old) = meta.blobs.insert(d, info) {
+            meta.total -= old.size;
+        }
+        meta.total += size;
+    }
+
+    /// Stores a manifest's bytes and records it in `repo` (and under `tag`).
+    /// Returns the digests it names that are not stored, and then records
+    /// nothing.
+    pub(crate) fn put_manifest(
+        &self,
+        repo: &str,
+        tag: Option<&str>,
+        bytes: &[u8],
+        record: ManifestRecord,
+    ) -> Result<Result<Digest, Vec<Digest>>, StateError> {
+        let digest = Digest::of(bytes);
+        let mut meta = self.lock();
+        let missing: Vec<Digest> = record
+            .refs
+            .iter()
+            .filter(|r| !meta.blobs.contains_key(r))
+            .copied()
+            .collect();
+        if !missing.is_empty() {
+            return Ok(Err(missing));
+        }
+        // Under the lock, so that eviction cannot remove it between its
+        // write and its record.
+        if !meta.blobs.contains_key(&digest) || !self.store.has_blob(&digest) {
+            self.store.put_blob(bytes)?;
+        }
+        let now = SystemTime::now();
+        let size = bytes.len() as u64;
+        if let Some(old) = meta.blobs.insert(
+            digest,
+            BlobInfo {
+                size,
+                access: now,
+                persisted: now,
+                pushed: now,
+            },
+        ) {
+            meta.total -= old.size;
+        }
+        meta.total += size;
+        let mut updated = meta.repos.get(repo).cloned().unwrap_or_default();
+        updated.version = RECORD_VERSION;
+        updated.manifests.insert(digest, record);
+        if let Some(tag) = tag {
+            updated.tags.insert(tag.to_string(), digest);
+        }
+        self.write_repo(repo, &updated)?;
+        meta.repos.insert(repo.to_string(), updated);
+        Ok(Ok(digest))
+    }
+
+    /// The manifest `reference` (a tag or a digest) of `repo`, recording an
+    /// access: its digest, media type and bytes.
+    pub(crate) fn get_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+    ) -> Result<Option<(Digest, String, Vec<u8>)>, StateError> {
+        let (digest, media_type) = {
+            let meta = self.lock();
+            let Some(r) = meta.repos.get(repo) else {
+                return Ok(None);
+            };
+            let digest = match reference.parse::<Digest>() {
+                Ok(d) => d,
+                Err(_) => match r.tags.get(reference) {
+                    Some(d) => *d,
+                    None => return Ok(None),
+                },
+            };
+            let Some(m) = r.manifests.get(&digest) else {
+                return Ok(None);
+            };
+            (digest, m.media_type.clone())
+        };
+        self.touch_blob(&digest);
+        // Read outside the lock. Eviction may remove the manifest in
+        // between; then it is unknown, as it would have been a moment later.
+        match self.store.read_blob(&digest) {
+            Ok(bytes) => Ok(Some((digest, media_type, bytes))),
+            Err(StoreError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Removes manifest `digest` and the tags pointing to it from `repo`;
+    /// false if it was not there. Its blobs go at the next eviction.
+    pub(crate) fn delete_manifest(&self, repo: &str, digest: &Digest) -> Result<bool, StateError> {
+        let mut meta = self.lock();
+        let Some(r) = meta.repos.get(repo) else {
+            return Ok(false);
+        };
+        if !r.manifests.contains_key(digest) {
+            return Ok(false);
+        }
+        let mut updated = r.clone();
+        updated.manifests.remove(digest);
+        updated.tags.retain(|_, d| d != digest);
+        self.write_repo(repo, &updated)?;
+        meta.repos.insert(repo.to_string(), updated);
+        Ok(true)
+    }
+
+    /// Tags of `repo`, sorted; `None` if the repository is unknown.
+    pub(crate) fn tags(&self, repo: &str) -> Option<Vec<String>> {
+        let meta = self.lock();
+        meta.repos
+            .get(repo)
+            .map(|r| r.tags.keys().cloned().collect())
+    }
+
+    /// Evicts least recently used entries until the store is under
+    /// `--max-size`: unreferenced blobs older than the upload grace, and
+    /// whole manifests that no other manifest names (with their tags and the
+    /// blobs nothing else names). Stops early when only young unreferenced
+    /// blobs are left.
+    pub(crate) fn evict(&self) -> Result<Evicted, StateError> {
+        let mut out = Evicted::default();
+        let Some(max) = self.max_size else {
+            return Ok(out);
+        };
+        let mut meta = self.lock();
+        while meta.total > max {
+            let now = SystemTime::now();
+            let before = referenced(&meta);
+            let oldest_blob = meta
+                .blobs
+                .iter()
+                .filter(|(d, info)| {
+                    !before.contains(d)
+                        && now
+                            .duration_since(info.access)
+                            .is_ok_and(|age| age >= self.upload_grace)
+                })
+                .min_by_key(|(d, info)| (info.access, **d))
+                .map(|(d, info)| (*d, info.access));
+            let children: HashSet<Digest> = meta
+                .repos
+                .values()
+                .flat_map(|r| r.manifests.values().flat_map(|m| m.refs.iter().copied()))
+                .collect();
+            let oldest_root = meta
+                .repos
+                .iter()
+                .flat_map(|(name, r)| r.manifests.keys().map(move |d| (name, *d)))
+                .filter(|(_, d)| !children.contains(d))
+                .map(|(name, d)| {
+                    let access = meta
+                        .blobs
+                        .get(&d)
+                        .map_or(SystemTime::UNIX_EPOCH, |i| i.access);
+                    (access, name.clone(), d)
+                })
+                .min();
+            match (oldest_blob, oldest_root) {
+                (Some((blob, blob_access)), root)
+                    if root.as_ref().is_none_or(|(a, _, _)| blob_access <= *a) =>
+                {
+                    out.bytes += self.remove_blob(&mut meta, &blob)?;
+                    out.blobs += 1;
+                }
+                (_, Some((root_access, repo, digest))) => {
+                    let mut updated = meta.repos[&repo].clone();
+                    updated.manifests.remove(&digest);
+                    updated.tags.retain(|_, d| *d != digest);
+                    self.write_repo(&repo, &updated)?;
+                    meta.repos.insert(repo, updated);
+                    out.manifests += 1;
+                    // What only this manifest named goes with it, except
+                    // blobs pushed again since it was last used: they
+                    // belong to a push in progress and are kept as loose
+                    // blobs, under the upload grace.
+                    let still = referenced(&meta);
+                    let orphans: Vec<Digest> = meta
+                        .blobs
+                        .iter()
+                        .filter(|(d, info)| {
+                            before.contains(d) && !still.contains(d) && info.pushed <= root_access
+                        })
+                        .map(|(d, _)| *d)
+                        .collect();
+                    for d in orphans {
+                        out.bytes += self.remove_blob(&mut meta, &d)?;
+                        out.blobs += 1;
+                    }
+                }
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    fn remove_blob(&self, meta: &mut Meta, d: &Digest) -> Result<u64, StateError> {
+        let path = self.store.blob_path(d);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => return Err(StateError::Io { path, source }),
+        }
+        let size = meta.blobs.remove(d).map_or(0, |i| i.size);
+        meta.total -= size;
+        Ok(size)
+    }
+
+    /// Writes a repository record by temp file, fsync and rename; an empty
+    /// repository's record is removed.
+    fn write_repo(&self, name: &str, repo: &Repo) -> Result<(), StateError> {
+        let path = self
+            .repos_dir
+            .join(format!("{}.json", name.replace('/', "+")));
+        if repo.manifests.is_empty() {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => return Err(StateError::Io { path, source }),
+            }
+            return sync_dir(&self.repos_dir);
+        }
+        let data = serde_json::to_vec(repo).expect("a repository record serializes");
+        let mut tmp = tempfile::Builder::new()
+            .prefix("repo-")
+            .tempfile_in(&self.repos_dir)
+            .map_err(io_err(&self.repos_dir))?;
+        tmp.write_all(&data).map_err(io_err(&path))?;
+        tmp.as_file().sync_all().map_err(io_err(&path))?;
+        tmp.persist(&path).map_err(|e| StateError::Io {
+            path: path.clone(),
+            source: e.error,
+        })?;
+        sync_dir(&self.repos_dir)
+    }
+}
+
+/// Every digest a recorded manifest is or names.
+fn referenced(meta: &Meta) -> BTreeSet<Digest> {
+    let mut out = BTreeSet::new();
+    for r in meta.repos.values() {
+        for (d, m) in &r.manifests {
+            out.insert(*d);
+            out.extend(m.refs.iter().copied());
+        }
+    }
+    out
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StateError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(refs: &[Digest]) -> (Vec<u8>, ManifestRecord) {
+        let bytes = serde_json::to_vec(&serde_json::json!({ "refs": refs })).unwrap();
+        (
+            bytes,
+            ManifestRecord {
+                media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                refs: refs.to_vec(),
+            },
+        )
+    }
+
+    fn blob(state: &State, data: &[u8]) -> Digest {
+        let d = state.store().put_blob(data).unwrap();
+        state.add_blob(d, data.len() as u64);
+        d
+    }
+
+    #[test]
+    fn evicts_least_recently_used_manifest_with_its_own_blobs_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let state = State::load(store.clone(), Some(10_000), Duration::ZERO).unwrap();
+        let shared = blob(&state, &[1u8; 3000]);
+        let a = blob(&state, &[2u8; 3000]);
+        let (ma, ra) = manifest(&[shared, a]);
+        let da = state
+            .put_manifest("r/a", Some("a"), &ma, ra)
+            .unwrap()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let b = blob(&state, &[3u8; 3000]);
+        let (mb, rb) = manifest(&[shared, b]);
+        let db = state
+            .put_manifest("r/b", Some("b"), &mb, rb)
+            .unwrap()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        // Reading a makes b the least recently used.
+        assert!(state.get_manifest("r/a", "a").unwrap().is_some());
+        let c = blob(&state, &[4u8; 3000]);
+        assert!(state.total() > 10_000);
+        let evicted = state.evict().unwrap();
+        assert!(state.total() <= 10_000, "{evicted:?}");
+        // b is the least recently used entry (c, a loose blob, came after
+        // a's read): it goes with the blob only it named, not the shared one.
+        assert_eq!((evicted.manifests, evicted.blobs), (1, 2), "{evicted:?}");
+        assert!(state.get_manifest("r/b", "b").unwrap().is_none());
+        assert!(!store.has_blob(&b) && !store.has_blob(&db));
+        assert!(store.has_blob(&shared) && store.has_blob(&a) && store.has_blob(&da));
+        assert!(store.has_blob(&c));
+        // The records survive a reload.
+        let again = State::load(store.clone(), None, Duration::ZERO).unwrap();
+        assert!(again.get_manifest("r/a", "a").unwrap().is_some());
+        assert!(again.tags("r/b").is_none());
+    }
+
+    #[test]
+    fn manifest_naming_missing_blobs_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = State::load(Store::open(dir.path()).unwrap(), None, Duration::ZERO).unwrap();
+        let gone = Digest::of(b"gone");
+        let (m, r) = manifest(&[gone]);
+        assert_eq!(
+            state.put_manifest("x", Some("t"), &m, r).unwrap(),
+            Err(vec![gone])
+        );
+        assert!(state.tags("x").is_none());
+    }
+}
