@@ -99,7 +99,7 @@ pub enum ImageError {
 #[derive(Debug, thiserror::Error)]
 pub enum NameError {
     #[error("not a valid reference")]
-    Reference(#[source] oci_spec::distribution::ParseError),
+    Reference(#[source] reference::ReferenceError),
     #[error("a name cannot be a 64-character hexadecimal string")]
     LooksLikeId,
     #[error("a name to tag cannot contain a digest")]
@@ -186,7 +186,7 @@ impl FromStr for ImageName {
         if is_hex(s) && s.len() == 64 {
             return Err(NameError::LooksLikeId);
         }
-        let reference = Reference::try_from(s).map_err(NameError::Reference)?;
+        let reference = reference::parse(s).map_err(NameError::Reference)?;
         if reference.digest().is_some() {
             return Err(NameError::HasDigest);
         }
@@ -755,7 +755,7 @@ impl ImageStore {
             };
         }
         if s.contains('@') {
-            let reference = Reference::try_from(s).map_err(|e| ImageError::InvalidName {
+            let reference = reference::parse(s).map_err(|e| ImageError::InvalidName {
                 name: s.to_string(),
                 source: NameError::Reference(e),
             })?;
@@ -974,6 +974,7 @@ mod tests {
                 "ghcr.io/o/r/deep:v1.2",
                 "ghcr.io/o/r/deep:v1.2",
             ),
+            ("[::1]:5000/app:v", "[::1]:5000/app:v", "[::1]:5000/app:v"),
         ];
         for (input, full, familiar) in cases {
             let n: ImageName = input.parse().unwrap();
@@ -987,6 +988,14 @@ mod tests {
         for bad in ["", "App", "app:", "a b", &"a".repeat(64), "app@sha256:0000"] {
             assert!(bad.parse::<ImageName>().is_err(), "{bad:?}");
         }
+        let upper = "user/App".parse::<ImageName>().unwrap_err();
+        let NameError::Reference(source) = upper else {
+            panic!("{upper:?}")
+        };
+        assert_eq!(
+            source.to_string(),
+            "invalid reference format: repository name (user/App) must be lowercase"
+        );
         let with_digest = format!("app@sha256:{}", "0".repeat(64));
         assert!(matches!(
             with_digest.parse::<ImageName>(),

@@ -551,8 +551,7 @@ fn parse_trigger(text: &str, stage: &Stage) -> Result<Command, SourceError> {
 
 /// `alpine` → `docker.io/library/alpine:latest`; none when it does not parse.
 pub(crate) fn normalize_reference(reference: &str) -> Option<String> {
-    let r: oci_spec::distribution::Reference = reference.parse().ok()?;
-    Some(r.whole())
+    Some(reference::parse(reference).ok()?.whole())
 }
 
 #[cfg(test)]
@@ -578,5 +577,10 @@ mod tests {
             Some("localhost:5000/x:latest")
         );
         assert_eq!(normalize_reference("Not Valid"), None);
+        assert_eq!(normalize_reference("Alpine"), None);
+        assert_eq!(
+            normalize_reference("[::1]:5000/x:1").as_deref(),
+            Some("[::1]:5000/x:1")
+        );
     }
 }
