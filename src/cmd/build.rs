@@ -704,6 +704,7 @@ impl Signals {
                     let Ok(signal) = set.wait() else { continue };
                     *l.lock().unwrap_or_else(|p| p.into_inner()) = Some(signal);
                     if e.swap(true, Ordering::SeqCst) {
+                        super::progress::restore_terminal();
                         eprintln!("error: interrupted");
                         std::process::exit(128 + signal as i32);
                     }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use frontend::graph::VertexId;
 use solver::{LogStream, Progress, ProgressEvent};
 
-pub(crate) use tty::Screen;
+pub(crate) use tty::{Screen, restore_terminal};
 
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

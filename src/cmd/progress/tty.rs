@@ -19,6 +19,7 @@ use std::time::Duration;
 use console::{Style, Term, measure_text_width, truncate_str};
 use indicatif::TermLike;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
+use nix::sys::termios::{LocalFlags, SetArg, Termios, tcgetattr, tcsetattr};
 
 use super::{Display, Stamp, Step, Summary, What, seconds, summary_text};
 
@@ -284,6 +285,41 @@ struct Running {
     latest: Arc<Mutex<String>>,
 }
 
+/// The terminal's settings before the display turned off its echo of
+/// control characters, to put back at the end (or on a forced exit).
+static SAVED_TERMIOS: Mutex<Option<Termios>> = Mutex::new(None);
+
+/// Stops the terminal on stderr from echoing Ctrl-C as `^C` while the
+/// display runs: indicatif leaves the cursor at the right margin, waiting
+/// to wrap, so the echo would start a line the next redraw does not know
+/// about and a stale running line would stay on screen. Harmless if never
+/// undone (only the `^C` is not shown).
+fn quiet_control_echo() {
+    let stderr = io::stderr();
+    let Ok(mut termios) = tcgetattr(&stderr) else {
+        return; // not a terminal
+    };
+    if !termios.local_flags.contains(LocalFlags::ECHOCTL) {
+        return;
+    }
+    let saved = termios.clone();
+    termios.local_flags.remove(LocalFlags::ECHOCTL);
+    if tcsetattr(&stderr, SetArg::TCSANOW, &termios).is_ok() {
+        *SAVED_TERMIOS.lock().unwrap_or_else(|p| p.into_inner()) = Some(saved);
+    }
+}
+
+/// Puts back what [`quiet_control_echo`] changed, if anything.
+pub(crate) fn restore_terminal() {
+    let saved = SAVED_TERMIOS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    if let Some(saved) = saved {
+        let _ = tcsetattr(io::stderr(), SetArg::TCSANOW, &saved);
+    }
+}
+
 pub(super) struct Tty {
     screen: Screen,
     multi: MultiProgress,
@@ -293,6 +329,9 @@ pub(super) struct Tty {
 
 impl Tty {
     pub(super) fn new(screen: Screen) -> Tty {
+        if matches!(&*screen.inner, ScreenKind::Stderr(_)) {
+            quiet_control_echo();
+        }
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::term_like_with_hz(
             Box::new(screen.clone()),
             REFRESH_HZ,
@@ -462,6 +501,9 @@ impl Drop for Tty {
             r.bar.finish_and_clear();
         }
         let _ = self.multi.clear();
+        if matches!(&*self.screen.inner, ScreenKind::Stderr(_)) {
+            restore_terminal();
+        }
     }
 }
 
