@@ -12,6 +12,7 @@ pub mod json;
 pub mod keys;
 pub mod layer;
 pub mod registry;
+pub mod remote_cache;
 pub mod snapshot;
 pub mod store;
 

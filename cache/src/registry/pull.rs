@@ -271,7 +271,7 @@ pub fn ensure_image_for(
 }
 
 /// Fetches a manifest (or index) by tag or digest, checking its digest.
-fn fetch_manifest(
+pub(crate) fn fetch_manifest(
     client: &Client,
     ep: &Endpoint,
     reference: &Reference,
@@ -424,7 +424,7 @@ pub fn pull_for(
 }
 
 /// Fetches blobs with `jobs` transfers at once; the first error stops the rest.
-fn fetch_blobs(
+pub(crate) fn fetch_blobs(
     client: &Client,
     ep: &Endpoint,
     repo: &str,

@@ -126,7 +126,7 @@ pub fn push_many(
         .collect()
 }
 
-fn push_blobs(
+pub(crate) fn push_blobs(
     client: &Client,
     ep: &Endpoint,
     repo: &str,
