@@ -575,6 +575,17 @@ fn cache_server_tokens_401_403_and_loopback_only_without_tokens() {
 
     let tokens = write_tokens(&t);
     let server = Server::start(&store, &["--token-file", tokens.to_str().unwrap()]);
+    let out = Command::new(BIN)
+        .args(["cache-server", "--listen", "127.0.0.1:0", "--store"])
+        .arg(&store)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("another cache server is using the store"),
+        "{}",
+        stderr(&out)
+    );
     let anon = Client::new(&server, None);
     let r = anon.call("GET", "/v2/", &[], None);
     assert_eq!(r.status, 401);

@@ -582,6 +582,44 @@ mod tests {
     }
 
     #[test]
+    fn blobs_of_a_push_in_progress_survive_eviction_until_the_grace_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let state = State::load(store.clone(), Some(5_000), Duration::from_secs(600)).unwrap();
+        let layer = blob(&state, &[1u8; 3000]);
+        let (m, r) = manifest(&[layer]);
+        let dm = state
+            .put_manifest("r", Some("old"), &m, r)
+            .unwrap()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        // A new push uploads the same layer again and a new one; its
+        // manifest has not arrived when eviction runs.
+        let again = blob(&state, &[1u8; 3000]);
+        assert_eq!(again, layer);
+        let fresh = blob(&state, &[2u8; 3000]);
+        let evicted = state.evict().unwrap();
+        assert_eq!(evicted.manifests, 1, "{evicted:?}");
+        assert!(!store.has_blob(&dm));
+        assert!(store.has_blob(&layer) && store.has_blob(&fresh));
+        // The push completes.
+        let (m2, r2) = manifest(&[layer, fresh]);
+        assert!(
+            state
+                .put_manifest("r", Some("new"), &m2, r2)
+                .unwrap()
+                .is_ok()
+        );
+        // With no grace and a tiny cap everything goes, loose blobs too.
+        let state = State::load(store.clone(), Some(1), Duration::ZERO).unwrap();
+        let loose = blob(&state, &[3u8; 10]);
+        let evicted = state.evict().unwrap();
+        assert!(!store.has_blob(&loose));
+        assert_eq!(evicted.manifests, 1);
+        assert_eq!(state.total(), 0, "{evicted:?}");
+    }
+
+    #[test]
     fn manifest_naming_missing_blobs_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let state = State::load(Store::open(dir.path()).unwrap(), None, Duration::ZERO).unwrap();
