@@ -633,3 +633,74 @@ fn quiet_shows_nothing_and_dash_q_only_the_id() {
         stderr(&out)
     );
 }
+
+/// Ctrl-C typed at the terminal cancels the build; the display ends
+/// cleanly (no running line left behind by the terminal's `^C` echo) and
+/// the terminal's settings are as they were.
+#[test]
+fn tty_ctrl_c_leaves_a_clean_screen_and_terminal() {
+    if !sandbox_available() || !tool_available("script") {
+        return;
+    }
+    let t = TestRoot::new();
+    t.busybox_image("busybox", json!({"Cmd": ["sh"]}));
+    let seconds = common::unique_seconds();
+    let ctx = t.context(&[(
+        "Dockerfile",
+        &format!("FROM busybox\nRUN echo waiting && sleep {seconds}\n"),
+    )]);
+    let command = format!(
+        "stty cols 80 rows 24; stty -a | grep -o -- '-*echoctl'; {BIN} --root {} build --progress=tty {}; echo status=$?; stty -a | grep -o -- '-*echoctl'",
+        t.root().display(),
+        ctx.display()
+    );
+    let mut child = common::KillOnDrop(
+        Command::new("script")
+            .args(["-qfec", &command, "/dev/null"])
+            .env_remove("BUILDER_ROOT")
+            .env("TERM", "xterm-256color")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let running =
+        common::wait_for_process(&["sleep", &seconds], std::time::Duration::from_secs(30));
+    assert!(!running.is_empty(), "the step never started");
+    // Let the display draw the running step, then type Ctrl-C.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    use std::io::Write as _;
+    let mut stdin = child.0.stdin.take().unwrap();
+    stdin.write_all(b"\x03").unwrap();
+    stdin.flush().unwrap();
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(child.0.stdout.as_mut().unwrap(), &mut raw).unwrap();
+    drop(stdin);
+    child.0.wait().unwrap();
+    let lines = terminal(&String::from_utf8_lossy(&raw), 80);
+    let screen = lines.join("\n");
+    assert_eq!(lines[0], "echoctl", "{screen}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(" => ERROR [2/2] RUN echo waiting")),
+        "{screen}"
+    );
+    // Nothing left of the running line (its spinner and name).
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("RUN echo waiting") && !l.starts_with(" => ")),
+        "{screen}"
+    );
+    assert!(
+        lines.iter().any(|l| l == "error: build cancelled"),
+        "{screen}"
+    );
+    assert!(lines.iter().any(|l| l == "status=130"), "{screen}");
+    assert_eq!(lines.last().unwrap(), "echoctl", "{screen}");
+    assert!(
+        common::wait_until_gone(&["sleep", &seconds], std::time::Duration::from_secs(10))
+            .is_empty()
+    );
+}
