@@ -135,7 +135,7 @@ echo "== setup ($work)" >&2
 echo "builder: $BUILDER ($("$BUILDER" --version 2>/dev/null || echo '?'))" >&2
 echo "buildah: $(buildah --version)" >&2
 echo "docker daemon: $([ $docker_ok = 1 ] && echo yes || echo 'not reachable, skipped')" >&2
-echo "machine: $(nproc) cores, $(uname -r)" >&2
+echo "machine: $(nproc) cores, $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 
 mkdir -p "$work/busybox-ctx"
 cp /bin/busybox "$work/busybox-ctx/"
@@ -249,7 +249,7 @@ for i in range(files):
 with open(os.path.join(root, "Dockerfile"), "w") as f:
     f.write("FROM busybox\nCOPY . /app\n")
 EOF
-    echo "  $(find "$big" -type f | wc -l) files, $(du -sm "$big" | cut -f1) MB" >&2
+    echo "  $(find "$big" -type f | wc -l) files, $(($(du -sb "$big" | cut -f1) / 1000000)) MB" >&2
 
     echo "== (c) cold builds (not a target, for reference)" >&2
     c0a=$(timed c-cold-builder builder_cmd build --progress=plain -t big "$big")
@@ -288,5 +288,6 @@ EOF
 fi
 
 echo
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) cores)"
 printf '%s\n' "case|builder|buildah|docker (classic)|buildah/builder|target (builder)|met" "${rows[@]}" |
     column -t -s '|'
