@@ -74,7 +74,8 @@ pub(crate) fn run(
     target: VertexId,
     stats: &mut BuildStats,
 ) -> Result<Arc<State>, BuildError> {
-    let plan = make_plan(env, target, stats)?;
+    let mut origins: Vec<Option<String>> = vec![None; env.graph.len()];
+    let plan = make_plan(env, target, stats, &mut origins)?;
     let graph = env.graph;
     let n = graph.len();
     report_cached_below_hits(env, &plan, target);
@@ -110,6 +111,7 @@ pub(crate) fn run(
     let mut first_error: Option<BuildError> = None;
     let mut panic = None;
     let plan = &plan;
+    let origins = &origins;
 
     std::thread::scope(|s| {
         let (tx, rx) = mpsc::channel::<(VertexId, JobOutcome)>();
@@ -159,7 +161,15 @@ pub(crate) fn run(
                 running += 1;
                 s.spawn(move || {
                     let outcome = match catch_unwind(AssertUnwindSafe(|| match job {
-                        Job::Hit(record) => materialize(env, id, &record),
+                        Job::Hit(record) => materialize(env, id, &record).inspect(|_| {
+                            if let Some(line) = &origins[id] {
+                                env.progress.event(&ProgressEvent::Log {
+                                    vertex: id,
+                                    stream: crate::solve::LogStream::Stdout,
+                                    line: line.clone(),
+                                });
+                            }
+                        }),
                         Job::Run(inputs) => run_vertex(env, plan, id, inputs),
                     })) {
                         Ok(result) => JobOutcome::Done(result),
@@ -285,7 +295,9 @@ fn make_plan(
     env: &Env<'_>,
     target: VertexId,
     stats: &mut BuildStats,
+    origins: &mut [Option<String>],
 ) -> Result<Vec<Plan>, BuildError> {
+    let mut dead = vec![false; env.request.cache_from.len()];
     let graph = env.graph;
     let mut plan = vec![Plan::Skip; graph.len()];
     let mut seen = vec![false; graph.len()];
@@ -312,6 +324,11 @@ fn make_plan(
                     plan[id] = Plan::Hit(record);
                     continue;
                 }
+                if let Some((record, origin)) = remote_lookup(env, &key.digest, &mut dead, stats) {
+                    origins[id] = Some(origin);
+                    plan[id] = Plan::Hit(record);
+                    continue;
+                }
             }
         }
         plan[id] = Plan::Run;
@@ -322,6 +339,95 @@ fn make_plan(
     // Identical keys mean identical inputs, so a leader never depends on
     // its alias: the aliases cannot deadlock.
     Ok(plan)
+}
+
+/// On a local miss, the `--cache-from` caches in order: a hit has its
+/// blobs fetched into the store and becomes a local record (the next build
+/// finds it locally). A cache that fails is a warning and is not asked
+/// again in this build.
+fn remote_lookup(
+    env: &Env<'_>,
+    key: &Digest,
+    dead: &mut [bool],
+    stats: &mut BuildStats,
+) -> Option<(CacheRecord, String)> {
+    for (i, remote) in env.request.cache_from.iter().enumerate() {
+        if dead[i] || env.cancel.is_cancelled() {
+            continue;
+        }
+        match remote.lookup(env.store, key) {
+            Ok(Some(fetched)) => {
+                // Without the local record the hit still serves this build.
+                let _ = env.index.put(key, &fetched.record);
+                stats.remote_hits += 1;
+                stats.remote_bytes += fetched.fetched_bytes;
+                let origin = format!(
+                    "from cache {} ({})",
+                    remote.name(),
+                    cache::remote_cache::human_bytes(fetched.fetched_bytes)
+                );
+                return Some((fetched.record, origin));
+            }
+            Ok(None) => {}
+            Err(err) => {
+                dead[i] = true;
+                stats.remote_warnings.push(format!(
+                    "--cache-from {}: not used for the rest of this build: {}",
+                    remote.name(),
+                    error_chain(&err)
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// Exports the build's results to the `--cache-to` caches: with
+/// `mode=max` every cached result the target needed, with `mode=min` those
+/// of the target's stage. Failures are warnings: the image is built.
+pub(crate) fn export_remote(
+    env: &Env<'_>,
+    target: VertexId,
+    needed: &[VertexId],
+    stats: &mut BuildStats,
+) {
+    if env.request.cache_to.is_empty() {
+        return;
+    }
+    let graph = env.graph;
+    let stage = graph.vertex(target).stage;
+    for (remote, mode) in &env.request.cache_to {
+        let mut entries: BTreeMap<Digest, CacheRecord> = BTreeMap::new();
+        for &id in needed {
+            let vertex = graph.vertex(id);
+            if !is_cached_op(&vertex.op) {
+                continue;
+            }
+            if *mode == cache::remote_cache::CacheMode::Min
+                && (stage.is_none() || vertex.stage != stage)
+            {
+                continue;
+            }
+            let Some(key) = &env.keys[id] else { continue };
+            if entries.contains_key(&key.digest) {
+                continue;
+            }
+            if let Ok(Some(record)) = env.index.get(&key.digest)
+                && record.layers.iter().all(|l| env.store.has_blob(&l.digest))
+            {
+                entries.insert(key.digest, record);
+            }
+        }
+        let entries: Vec<(Digest, CacheRecord)> = entries.into_iter().collect();
+        match remote.export(env.store, &entries) {
+            Ok(exported) => stats.exports.push((remote.name(), exported)),
+            Err(err) => stats.remote_warnings.push(format!(
+                "--cache-to {}: export failed: {}",
+                remote.name(),
+                error_chain(&err)
+            )),
+        }
+    }
 }
 
 /// Steps the target needs that nothing has to do because a hit above them

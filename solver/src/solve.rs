@@ -14,13 +14,14 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cache::Digest;
 use cache::compression::CompressionOptions;
 use cache::images::{ImageError, ImageStore};
 use cache::keys::KeyIndex;
+use cache::remote_cache::{CacheMode, Exported, RemoteCache};
 use cache::snapshot::{SnapshotError, Snapshots};
 use cache::store::{Store, StoreError, StoreLock};
 use frontend::SourceError;
@@ -71,6 +72,12 @@ pub struct BuildRequest {
     pub secrets: Vec<SecretSpec>,
     /// `--ssh`: agent sockets `RUN --mount=type=ssh,id=ID` forwards.
     pub ssh: Vec<SshSpec>,
+    /// `--cache-from`: remote caches asked, in order, on a local miss; a
+    /// hit becomes a local record.
+    pub cache_from: Vec<Arc<dyn RemoteCache>>,
+    /// `--cache-to`: remote caches the results are exported to once the
+    /// build has succeeded.
+    pub cache_to: Vec<(Arc<dyn RemoteCache>, CacheMode)>,
 }
 
 /// One `--secret id=ID,src=PATH|env=VAR`.
@@ -146,6 +153,14 @@ pub struct BuildStats {
     /// Vertices whose result came from the cache or from an identical
     /// vertex of this build, in id order.
     pub cached: Vec<VertexId>,
+    /// Lookups answered by a `--cache-from` cache, and the blob bytes
+    /// fetched for them.
+    pub remote_hits: usize,
+    pub remote_bytes: u64,
+    /// Per `--cache-to` cache: its name and what was exported.
+    pub exports: Vec<(String, Exported)>,
+    /// Remote caches that failed (a warning each; the build went on).
+    pub remote_warnings: Vec<String>,
 }
 
 /// Receives progress while a build runs; called from the building thread.
@@ -458,6 +473,11 @@ pub fn build_with(
         Some(epoch) => write_image(store, &target.image, &chain, Timestamp::from_unix(epoch))?,
         None => write_dated_image(store, &target.image, &chain, ran_nothing)?,
     };
+    crate::scheduler::export_remote(&env, target.vertex, &needed, &mut stats);
+    warnings.extend(stats.remote_warnings.iter().map(|message| Warning {
+        position: None,
+        message: message.clone(),
+    }));
     Ok(BuildResult {
         manifest_digest: stored.manifest_digest,
         config_digest: stored.config_digest,

@@ -124,6 +124,15 @@ pub(crate) struct BuildArgs {
     /// The platform to build for (one; default: linux/amd64).
     #[arg(long, value_name = "PLATFORM")]
     platform: Option<String>,
+    /// Export the build cache: `type=registry,ref=HOST/REPO[,mode=min|max]`, `type=local,dest=DIR[,mode=…]` or `type=inline`.
+    #[arg(long = "cache-to", value_name = "SPEC")]
+    cache_to: Vec<String>,
+    /// Import build cache: `type=registry,ref=HOST/REPO`, `type=local,src=DIR`, or `HOST/REPO`.
+    #[arg(long = "cache-from", value_name = "SPEC")]
+    cache_from: Vec<String>,
+    /// A registry cache that is both --cache-from and --cache-to (mode=max), e.g. `127.0.0.1:5000/team/cache`.
+    #[arg(long = "cache", value_name = "HOST/REPO", env = "BUILDER_CACHE")]
+    cache: Option<String>,
     /// The build context directory.
     context: PathBuf,
 }
@@ -172,6 +181,7 @@ pub(crate) fn run(root: &Path, args: BuildArgs) -> anyhow::Result<ExitCode> {
         progress.summary(false);
         return Err(err);
     }
+    report_remote_cache(&progress, &result);
     print_warnings(&progress, &shown, &result);
     drop(gc_hold);
     super::prune::auto(images.store(), &progress);
@@ -299,6 +309,37 @@ fn write_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))?;
     file.commit()?;
     Ok(())
+}
+
+/// What the remote caches did: bytes that came from `--cache-from`, and
+/// what each `--cache-to` received (failures are among the warnings).
+fn report_remote_cache(progress: &Renderer, result: &BuildResult) {
+    use cache::remote_cache::human_bytes;
+    let stats = &result.stats;
+    if stats.remote_hits > 0 {
+        let step = progress.begin("importing cache");
+        progress.detail(
+            step,
+            &format!(
+                "{} result(s) from the remote cache, {} downloaded",
+                stats.remote_hits,
+                human_bytes(stats.remote_bytes)
+            ),
+        );
+        progress.done(step);
+    }
+    for (name, exported) in &stats.exports {
+        let step = progress.begin(&format!("exporting cache to {name}"));
+        progress.detail(
+            step,
+            &format!(
+                "{} result(s), {} uploaded done",
+                exported.entries,
+                human_bytes(exported.uploaded_bytes)
+            ),
+        );
+        progress.done(step);
+    }
 }
 
 /// The build's warnings, once, after its steps (none when quiet).
@@ -457,6 +498,7 @@ fn request(args: &BuildArgs, shown: &str, dockerfile: Vec<u8>) -> anyhow::Result
             .with_context(|| format!("invalid --add-host {h:?}: bad IP address"))?;
         extra_hosts.push((host.to_owned(), ip));
     }
+    let (cache_from, cache_to) = remote_caches(args)?;
     Ok(BuildRequest {
         dockerfile,
         dockerfile_path: shown.to_owned(),
@@ -488,7 +530,53 @@ fn request(args: &BuildArgs, shown: &str, dockerfile: Vec<u8>) -> anyhow::Result
             .iter()
             .map(|s| parse_ssh(s))
             .collect::<anyhow::Result<_>>()?,
+        cache_from,
+        cache_to,
     })
+}
+
+type CacheFrom = Vec<Arc<dyn cache::remote_cache::RemoteCache>>;
+type CacheTo = Vec<(
+    Arc<dyn cache::remote_cache::RemoteCache>,
+    cache::remote_cache::CacheMode,
+)>;
+
+/// `--cache-from`, `--cache-to` and `--cache`/`BUILDER_CACHE` as backends.
+fn remote_caches(args: &BuildArgs) -> anyhow::Result<(CacheFrom, CacheTo)> {
+    use cache::remote_cache::{CacheMode, CacheSpec};
+    let options = cache::registry::RegistryOptions::default();
+    let mut from = Vec::new();
+    let mut to = Vec::new();
+    let open = |spec: &CacheSpec, flag: &str, raw: &str| {
+        spec.open(&options)
+            .with_context(|| format!("invalid {flag} {raw:?}"))
+    };
+    for raw in &args.cache_from {
+        let spec = CacheSpec::parse(raw, false)?;
+        if let Some(c) = open(&spec, "--cache-from", raw)? {
+            from.push(c);
+        }
+    }
+    for raw in &args.cache_to {
+        let spec = CacheSpec::parse(raw, true)?;
+        match open(&spec, "--cache-to", raw)? {
+            Some(c) => to.push((c, spec.mode())),
+            None => eprintln!(
+                "warning: --cache-to type=inline is accepted but exports nothing yet; use type=registry or type=local"
+            ),
+        }
+    }
+    if let Some(raw) = args.cache.as_deref().filter(|c| !c.is_empty()) {
+        let spec = CacheSpec::Registry {
+            reference: raw.to_owned(),
+            mode: CacheMode::Max,
+        };
+        if let Some(c) = open(&spec, "--cache", raw)? {
+            from.push(c.clone());
+            to.push((c, CacheMode::Max));
+        }
+    }
+    Ok((from, to))
 }
 
 /// `--secret id=ID,src=PATH` (also `source=`, and `type=file|env`), or
