@@ -172,9 +172,10 @@ fn corpus() -> Vec<String> {
         v.push(format!("{name}@sha256:{F64}@sha256:{F64}"));
     }
     v.push(format!("@sha256:{F64}"));
-    v.push(format!(
+    v.push(
         "busybox:latest@sha256:86e0e091d0da6bde2456dbb48306f3956bbeb2eae1b5b9a43045843f69fe4aaa"
-    ));
+            .to_string(),
+    );
     v.push(format!("{}a:tag", "a/".repeat(128)));
     v.push(format!("app:{}", "t".repeat(128)));
     v.push(format!("app:{}", "t".repeat(129)));
