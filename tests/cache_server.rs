@@ -70,10 +70,19 @@ impl Server {
         format!("http://{}{path}", self.addr)
     }
 
-    /// SIGTERM, and the server must exit 0.
-    fn stop(mut self) -> String {
+    fn terminate(&self) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    }
+
+    /// SIGTERM, and the server must exit 0.
+    fn stop(self) -> String {
+        self.terminate();
+        self.wait()
+    }
+
+    /// Waits for the server to exit, which must be with 0.
+    fn wait(mut self) -> String {
         let deadline = Instant::now() + Duration::from_secs(20);
         let status = loop {
             if let Some(s) = self.child.try_wait().unwrap() {
@@ -983,4 +992,45 @@ fn cache_server_max_size_evicts_least_recently_used_whole_entries() {
     assert_eq!(tags["tags"], serde_json::json!([last_pulled]));
     assert!(c.pull_verified("cache/app", &last_pulled).is_some());
     server.stop();
+}
+
+#[test]
+fn cache_server_sigterm_finishes_the_request_in_flight() {
+    use std::io::Read;
+    let t = TestRoot::new();
+    let server = Server::start(&t.path("cache"), &["-v"]);
+    let c = Client::new(&server, None);
+    let loc = c
+        .call("POST", "/v2/a/blobs/uploads/", &[], None)
+        .header("location")
+        .unwrap()
+        .to_string();
+    let chunk = data(5, 200_000);
+    let mut conn = std::net::TcpStream::connect(&server.addr).unwrap();
+    write!(
+        conn,
+        "PATCH {loc} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\nContent-Range: 0-{}\r\n\r\n",
+        server.addr,
+        chunk.len(),
+        chunk.len() - 1
+    )
+    .unwrap();
+    conn.write_all(&chunk[..100_000]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    server.terminate();
+    std::thread::sleep(Duration::from_millis(300));
+    conn.write_all(&chunk[100_000..]).unwrap();
+    let mut response = Vec::new();
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let _ = conn.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 202"), "{response}");
+    assert!(
+        response.to_ascii_lowercase().contains("range: 0-199999"),
+        "{response}"
+    );
+    let log = server.wait();
+    assert!(log.contains("shutting down"), "{log}");
+    assert!(log.contains("PATCH /v2/a/blobs/uploads/"), "{log}");
 }
