@@ -701,8 +701,16 @@ mod tests {
                 line: format!("cc -c file{i}.c"),
             });
         }
-        // Drawn by the spinner's tick.
-        std::thread::sleep(TICK * 3);
+        // Drawn by the spinner's tick (in time, on a busy machine).
+        let drawn = |lines: &[String]| {
+            lines.len() == 2 && lines.iter().any(|l| l.contains("cc -c file999.c"))
+        };
+        for _ in 0..100 {
+            std::thread::sleep(TICK);
+            if drawn(&screen.contents().0) {
+                break;
+            }
+        }
         let (lines, too_wide) = screen.contents();
         assert_eq!(too_wide, Vec::<String>::new());
         assert_eq!(lines.len(), 2, "{lines:#?}");
