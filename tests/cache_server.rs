@@ -455,6 +455,45 @@ fn cache_server_skopeo_and_builder_push_pull_with_tokens_and_restart() {
         inspected["Digest"].as_str(),
         Some(digest.to_string().as_str())
     );
+    // Docker schema 2 media types are kept as pushed.
+    let docker_dest = format!("docker://{host}/team/docker-format:v1");
+    skopeo_ok(&[
+        "copy",
+        "--format",
+        "v2s2",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        "ci:writer-token",
+        &src,
+        &docker_dest,
+    ]);
+    let raw = skopeo_ok(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        "--creds",
+        "x:reader-token",
+        &docker_dest,
+    ]);
+    let raw_json: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(
+        raw_json["mediaType"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    let r = Client::new(&server, Some("reader-token")).call(
+        "HEAD",
+        "/v2/team/docker-format/manifests/v1",
+        &[],
+        None,
+    );
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/vnd.docker.distribution.manifest.v2+json")
+    );
+    assert_eq!(
+        r.header("docker-content-digest"),
+        Some(Digest::of(raw.as_bytes()).to_string().as_str())
+    );
     let tags = skopeo_ok(&[
         "list-tags",
         "--tls-verify=false",
