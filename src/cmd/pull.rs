@@ -85,7 +85,7 @@ pub(crate) fn report(pulled: &Pulled, full: &str, started: Instant, stderr: bool
     if stderr {
         eprint!("{text}");
     } else {
-        print!("{text}{full}\n");
+        println!("{text}{full}");
     }
 }
 

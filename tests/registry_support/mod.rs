@@ -278,7 +278,10 @@ impl Request {
     }
 }
 
-fn read_head(r: &mut impl BufRead) -> std::io::Result<Option<(String, Vec<(String, String)>)>> {
+/// A request or status line and its headers.
+type Head = (String, Vec<(String, String)>);
+
+fn read_head(r: &mut impl BufRead) -> std::io::Result<Option<Head>> {
     let mut first = String::new();
     if r.read_line(&mut first)? == 0 {
         return Ok(None);
@@ -455,9 +458,8 @@ impl State {
             return Ok(());
         };
         let status = status_line
-            .splitn(2, ' ')
-            .nth(1)
-            .unwrap_or("502 Bad Gateway")
+            .split_once(' ')
+            .map_or("502 Bad Gateway", |(_, s)| s)
             .to_string();
         let is_head = req.method == "HEAD";
         let mut body = if is_head {
