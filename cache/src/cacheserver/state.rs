@@ -10,7 +10,7 @@
 //! gets a manifest whose blobs are gone, and a client streaming a blob that
 //! is evicted meanwhile keeps reading it through its open file.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -391,73 +391,119 @@ impl State {
         let Some(max) = self.max_size else {
             return Ok(out);
         };
-        let mut meta = self.lock();
-        while meta.total > max {
-            let now = SystemTime::now();
-            let before = referenced(&meta);
-            let oldest_blob = meta
-                .blobs
-                .iter()
-                .filter(|(d, info)| {
-                    !before.contains(d)
-                        && now
-                            .duration_since(info.access)
-                            .is_ok_and(|age| age >= self.upload_grace)
-                })
-                .min_by_key(|(d, info)| (info.access, **d))
-                .map(|(d, info)| (*d, info.access));
-            let children: HashSet<Digest> = meta
-                .repos
-                .values()
-                .flat_map(|r| r.manifests.values().flat_map(|m| m.refs.iter().copied()))
-                .collect();
-            let oldest_root = meta
-                .repos
-                .iter()
-                .flat_map(|(name, r)| r.manifests.keys().map(move |d| (name, *d)))
-                .filter(|(_, d)| !children.contains(d))
-                .map(|(name, d)| {
-                    let access = meta
-                        .blobs
-                        .get(&d)
-                        .map_or(SystemTime::UNIX_EPOCH, |i| i.access);
-                    (access, name.clone(), d)
-                })
-                .min();
-            match (oldest_blob, oldest_root) {
-                (Some((blob, blob_access)), root)
-                    if root.as_ref().is_none_or(|(a, _, _)| blob_access <= *a) =>
-                {
-                    out.bytes += self.remove_blob(&mut meta, &blob)?;
-                    out.blobs += 1;
+        let mut guard = self.lock();
+        let meta = &mut *guard;
+        if meta.total <= max {
+            return Ok(out);
+        }
+        let now = SystemTime::now();
+        // How many manifest records are, and how many name, each digest.
+        let mut records: HashMap<Digest, usize> = HashMap::new();
+        let mut named: HashMap<Digest, usize> = HashMap::new();
+        for r in meta.repos.values() {
+            for (d, m) in &r.manifests {
+                *records.entry(*d).or_default() += 1;
+                for x in &m.refs {
+                    *named.entry(*x).or_default() += 1;
                 }
-                (_, Some((root_access, repo, digest))) => {
-                    let mut updated = meta.repos[&repo].clone();
-                    updated.manifests.remove(&digest);
-                    updated.tags.retain(|_, d| *d != digest);
-                    self.write_repo(&repo, &updated)?;
-                    meta.repos.insert(repo, updated);
-                    out.manifests += 1;
-                    // What only this manifest named goes with it, except
-                    // blobs pushed again since it was last used: they
-                    // belong to a push in progress and are kept as loose
-                    // blobs, under the upload grace.
-                    let still = referenced(&meta);
-                    let orphans: Vec<Digest> = meta
-                        .blobs
-                        .iter()
-                        .filter(|(d, info)| {
-                            before.contains(d) && !still.contains(d) && info.pushed <= root_access
-                        })
-                        .map(|(d, _)| *d)
-                        .collect();
-                    for d in orphans {
-                        out.bytes += self.remove_blob(&mut meta, &d)?;
-                        out.blobs += 1;
+            }
+        }
+        let mut roots: BTreeSet<(SystemTime, String, Digest)> = BTreeSet::new();
+        for (name, r) in &meta.repos {
+            for d in r.manifests.keys().filter(|d| !named.contains_key(d)) {
+                roots.insert((access_of(&meta.blobs, d), name.clone(), *d));
+            }
+        }
+        let mut loose: BTreeSet<(SystemTime, Digest)> = meta
+            .blobs
+            .iter()
+            .filter(|(d, info)| {
+                !records.contains_key(d)
+                    && !named.contains_key(d)
+                    && now
+                        .duration_since(info.access)
+                        .is_ok_and(|age| age >= self.upload_grace)
+            })
+            .map(|(d, info)| (info.access, *d))
+            .collect();
+
+        // Choose in memory, write the records, then remove the blobs: a
+        // failure or crash in between leaves blobs that nothing names, never
+        // a record naming a removed blob.
+        let mut projected = meta.total;
+        let mut doomed: Vec<Digest> = Vec::new();
+        let mut dirty: BTreeSet<String> = BTreeSet::new();
+        while projected > max {
+            let take_loose = match (loose.first(), roots.first()) {
+                (Some((blob_access, _)), Some((root_access, _, _))) => blob_access <= root_access,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            if take_loose {
+                let Some((_, d)) = loose.pop_first() else {
+                    break;
+                };
+                projected -= meta.blobs.get(&d).map_or(0, |i| i.size);
+                doomed.push(d);
+                continue;
+            }
+            let Some((root_access, repo, d)) = roots.pop_first() else {
+                break;
+            };
+            let Some(r) = meta.repos.get_mut(&repo) else {
+                continue;
+            };
+            let Some(record) = r.manifests.remove(&d) else {
+                continue;
+            };
+            r.tags.retain(|_, t| *t != d);
+            dirty.insert(repo);
+            out.manifests += 1;
+            decrement(&mut records, &d);
+            let mut candidates = vec![d];
+            for x in &record.refs {
+                if decrement(&mut named, x) > 0 {
+                    continue;
+                }
+                if records.contains_key(x) {
+                    // A child manifest nothing names any more is an entry
+                    // of its own now.
+                    for (name, r) in &meta.repos {
+                        if r.manifests.contains_key(x) {
+                            roots.insert((access_of(&meta.blobs, x), name.clone(), *x));
+                        }
                     }
                 }
-                _ => break,
+                candidates.push(*x);
             }
+            for c in candidates {
+                if records.contains_key(&c) || named.contains_key(&c) {
+                    continue;
+                }
+                let Some(info) = meta.blobs.get(&c) else {
+                    continue;
+                };
+                // Pushed again since the entry was last used: it belongs
+                // to a push in progress and stays, as a loose blob.
+                if info.pushed > root_access {
+                    continue;
+                }
+                projected -= info.size;
+                doomed.push(c);
+            }
+        }
+        for name in dirty {
+            let empty = meta.repos.get(&name).is_none_or(|r| r.manifests.is_empty());
+            let repo = meta.repos.get(&name).cloned().unwrap_or_default();
+            self.write_repo(&name, &repo)?;
+            if empty {
+                meta.repos.remove(&name);
+            }
+        }
+        for d in doomed {
+            out.bytes += self.remove_blob(meta, &d)?;
+            out.blobs += 1;
         }
         Ok(out)
     }
@@ -503,16 +549,22 @@ impl State {
     }
 }
 
-/// Every digest a recorded manifest is or names.
-fn referenced(meta: &Meta) -> BTreeSet<Digest> {
-    let mut out = BTreeSet::new();
-    for r in meta.repos.values() {
-        for (d, m) in &r.manifests {
-            out.insert(*d);
-            out.extend(m.refs.iter().copied());
+fn access_of(blobs: &HashMap<Digest, BlobInfo>, d: &Digest) -> SystemTime {
+    blobs.get(d).map_or(SystemTime::UNIX_EPOCH, |i| i.access)
+}
+
+/// Counts one use of `d` less; returns what is left (absent means 0).
+fn decrement(counts: &mut HashMap<Digest, usize>, d: &Digest) -> usize {
+    match counts.get_mut(d) {
+        Some(n) if *n > 1 => {
+            *n -= 1;
+            *n
+        }
+        _ => {
+            counts.remove(d);
+            0
         }
     }
-    out
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StateError> {
@@ -617,6 +669,56 @@ mod tests {
         assert!(!store.has_blob(&loose));
         assert_eq!(evicted.manifests, 1);
         assert_eq!(state.total(), 0, "{evicted:?}");
+    }
+
+    #[test]
+    fn an_index_keeps_its_child_manifests_until_it_is_evicted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let state = State::load(store.clone(), Some(3_600), Duration::ZERO).unwrap();
+        let layer = blob(&state, &[1u8; 3000]);
+        let (m, r) = manifest(&[layer]);
+        let child = state.put_manifest("r", None, &m, r).unwrap().unwrap();
+        let (i, ri) = manifest(&[child]);
+        let index = state
+            .put_manifest("r", Some("multi"), &i, ri)
+            .unwrap()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        // The child is older than the index, yet only the index is an entry.
+        let other = blob(&state, &[2u8; 500]);
+        let (o, ro) = manifest(&[other]);
+        state
+            .put_manifest("r", Some("other"), &o, ro)
+            .unwrap()
+            .unwrap();
+        let evicted = state.evict().unwrap();
+        assert_eq!(evicted.manifests, 2, "index, then its child: {evicted:?}");
+        assert!(!store.has_blob(&index) && !store.has_blob(&child) && !store.has_blob(&layer));
+        assert!(state.get_manifest("r", "other").unwrap().is_some());
+    }
+
+    #[test]
+    fn evicting_many_entries_at_once_is_quick() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let state = State::load(store.clone(), None, Duration::ZERO).unwrap();
+        for i in 0..600u32 {
+            let layer = blob(&state, &i.to_le_bytes().repeat(100));
+            let (m, r) = manifest(&[layer]);
+            state
+                .put_manifest(&format!("r{}", i % 30), Some(&format!("t{i}")), &m, r)
+                .unwrap()
+                .unwrap();
+        }
+        let total = state.total();
+        let state = State::load(store.clone(), Some(total / 10), Duration::ZERO).unwrap();
+        let start = std::time::Instant::now();
+        let evicted = state.evict().unwrap();
+        eprintln!("evicted {evicted:?} in {:?}", start.elapsed());
+        assert!(evicted.manifests >= 500, "{evicted:?}");
+        assert!(state.total() <= total / 10);
+        assert!(start.elapsed() < Duration::from_secs(30));
     }
 
     #[test]
