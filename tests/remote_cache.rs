@@ -328,3 +328,56 @@ fn remote_cache_through_local_oci_layout() {
     assert!(tags.iter().all(|t| t.starts_with("k-") && t.len() == 66));
     assert!(dir.join("oci-layout").exists());
 }
+
+#[test]
+fn remote_cache_mounts_true_carries_cache_mount_directories() {
+    if !sandbox_available() {
+        return;
+    }
+    const MOUNTS: &str = "\
+FROM busybox
+COPY main.txt /src/main.txt
+RUN --mount=type=cache,id=shared,target=/cache sh -c 'cat /cache/log > /seen 2>/dev/null; cat /src/main.txt >> /cache/log'
+";
+    let t = TestRoot::new();
+    let dir = t.path("ci-cache");
+    let a = machine();
+    fs::write(a.ctx.join("Dockerfile"), MOUNTS).unwrap();
+    let to = format!("type=local,dest={},mounts=true", dir.display());
+    build(&a, &["--cache-to", &to], &[]);
+    assert_eq!(a.t.ok(&["run", "app", "cat", "/seen"]), "");
+
+    // B changes the source, so the step runs, and finds A's cache mount.
+    let b = machine();
+    fs::write(b.ctx.join("Dockerfile"), MOUNTS).unwrap();
+    fs::write(b.ctx.join("main.txt"), "main v2\n").unwrap();
+    let from = format!("type=local,src={}", dir.display());
+    let (_, _, stderr) = build(&b, &["--cache-from", &from], &[]);
+    assert!(
+        stderr.contains("1 cache mount(s) from the remote cache"),
+        "{stderr}"
+    );
+    assert_eq!(b.t.ok(&["run", "app", "cat", "/seen"]), "main v1\n");
+
+    // Without mounts=true nothing of the mount is exported.
+    let dir2 = t.path("ci-cache-2");
+    let c = machine();
+    fs::write(c.ctx.join("Dockerfile"), MOUNTS).unwrap();
+    build(
+        &c,
+        &["--cache-to", &format!("type=local,dest={}", dir2.display())],
+        &[],
+    );
+    let d = machine();
+    fs::write(d.ctx.join("Dockerfile"), MOUNTS).unwrap();
+    fs::write(d.ctx.join("main.txt"), "main v2\n").unwrap();
+    build(
+        &d,
+        &[
+            "--cache-from",
+            &format!("type=local,src={}", dir2.display()),
+        ],
+        &[],
+    );
+    assert_eq!(d.t.ok(&["run", "app", "cat", "/seen"]), "");
+}

@@ -223,13 +223,24 @@ pub enum CacheMode {
     Max,
 }
 
+/// What a `--cache-to` exports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExportOptions {
+    pub mode: CacheMode,
+    /// `mounts=true`: the build's `RUN --mount=type=cache` directories too.
+    pub mounts: bool,
+}
+
 /// One `--cache-from`/`--cache-to` value, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CacheSpec {
     /// `type=registry,ref=HOST/REPO`.
-    Registry { reference: String, mode: CacheMode },
+    Registry {
+        reference: String,
+        export: ExportOptions,
+    },
     /// `type=local,src=DIR` / `dest=DIR`.
-    Local { dir: PathBuf, mode: CacheMode },
+    Local { dir: PathBuf, export: ExportOptions },
     /// `type=inline`: accepted, nothing is exported (see the README).
     Inline,
 }
@@ -249,7 +260,7 @@ impl CacheSpec {
             }
             return Ok(CacheSpec::Registry {
                 reference: spec.to_owned(),
-                mode: CacheMode::Min,
+                export: ExportOptions::default(),
             });
         }
         let mut fields = BTreeMap::new();
@@ -264,12 +275,12 @@ impl CacheSpec {
             Some("max") => CacheMode::Max,
             Some(other) => return Err(err(format!("mode must be min or max, not {other:?}"))),
         };
-        if fields.get("mounts").is_some_and(|v| v == "true") {
-            return Err(err(
-                "mounts=true is not supported yet (RUN --mount=type=cache directories stay local)"
-                    .into(),
-            ));
-        }
+        let mounts = match fields.get("mounts").map(String::as_str) {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => return Err(err(format!("mounts must be true or false, not {other:?}"))),
+        };
+        let export = ExportOptions { mode, mounts };
         match fields.get("type").map(String::as_str).unwrap_or("registry") {
             "registry" => {
                 let reference = fields
@@ -278,7 +289,7 @@ impl CacheSpec {
                     .ok_or_else(|| err("type=registry needs ref=HOST/REPO".into()))?;
                 Ok(CacheSpec::Registry {
                     reference: reference.clone(),
-                    mode,
+                    export,
                 })
             }
             "local" => {
@@ -289,7 +300,7 @@ impl CacheSpec {
                     .ok_or_else(|| err(format!("type=local needs {key}=DIR")))?;
                 Ok(CacheSpec::Local {
                     dir: PathBuf::from(dir),
-                    mode,
+                    export,
                 })
             }
             "inline" => Ok(CacheSpec::Inline),
@@ -299,10 +310,10 @@ impl CacheSpec {
         }
     }
 
-    pub fn mode(&self) -> CacheMode {
+    pub fn export_options(&self) -> ExportOptions {
         match self {
-            CacheSpec::Registry { mode, .. } | CacheSpec::Local { mode, .. } => *mode,
-            CacheSpec::Inline => CacheMode::Min,
+            CacheSpec::Registry { export, .. } | CacheSpec::Local { export, .. } => *export,
+            CacheSpec::Inline => ExportOptions::default(),
         }
     }
 
@@ -784,6 +795,72 @@ impl RemoteCache for LocalCache {
     }
 }
 
+/// The key a `RUN --mount=type=cache` directory is exported under
+/// (`mounts=true`): derived from the directory's name in `ROOT/mounts/`,
+/// apart from every build step key. Such an entry is replaced by each
+/// export: the last build to export a mount wins.
+pub fn mount_key(dir_name: &str) -> Digest {
+    Digest::of(format!("builder-cache-mount-v1\0{dir_name}").as_bytes())
+}
+
+/// A cache mount directory as a one-layer record (the layer is a gzip tar
+/// of the directory, stored in `store`).
+pub fn mount_record(
+    store: &Store,
+    dir: &Path,
+    name: &str,
+) -> Result<CacheRecord, RemoteCacheError> {
+    let opts = crate::layer::create::CreateOptions {
+        compression: crate::compression::CompressionOptions::new(
+            crate::compression::Compression::Gzip,
+        ),
+        source_date_epoch: None,
+    };
+    let layer = crate::layer::create::create_layer(store, dir, &opts).map_err(|e| {
+        RemoteCacheError::Invalid {
+            cache: format!("mount {}", dir.display()),
+            what: format!("directory (cannot archive it: {e})"),
+        }
+    })?;
+    Ok(CacheRecord::new(
+        vec![RecordLayer {
+            media_type: layer.media_type,
+            digest: layer.digest,
+            size: layer.size,
+            diff_id: layer.diff_id,
+        }],
+        format!("cache mount {name}"),
+    ))
+}
+
+/// Unpacks a mount record's layer into `dest` (which must exist).
+pub fn unpack_mount(
+    store: &Store,
+    record: &CacheRecord,
+    dest: &Path,
+) -> Result<(), RemoteCacheError> {
+    let invalid = |what: String| RemoteCacheError::Invalid {
+        cache: format!("mount {}", dest.display()),
+        what,
+    };
+    let [layer] = record.layers.as_slice() else {
+        return Err(invalid("record (a mount has one layer)".into()));
+    };
+    let file = store
+        .open_blob(&layer.digest)
+        .map_err(|source| RemoteCacheError::Store {
+            cache: format!("mount {}", dest.display()),
+            source,
+        })?;
+    let opts = crate::layer::extract::UnpackOptions {
+        whiteouts: crate::layer::extract::WhiteoutMode::Apply,
+        ..Default::default()
+    };
+    crate::layer::extract::unpack_layer(io::BufReader::new(file), dest, &opts)
+        .map_err(|e| invalid(format!("layer {} ({e})", layer.digest)))?;
+    Ok(())
+}
+
 /// `12.3MB`, as buildx prints sizes.
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 4] = ["B", "kB", "MB", "GB"];
@@ -826,40 +903,49 @@ mod tests {
             CacheSpec::parse("type=registry,ref=127.0.0.1:5000/team/cache,mode=max", true).unwrap(),
             CacheSpec::Registry {
                 reference: "127.0.0.1:5000/team/cache".into(),
-                mode: CacheMode::Max
+                export: ExportOptions {
+                    mode: CacheMode::Max,
+                    mounts: false
+                }
             }
         );
         assert_eq!(
             CacheSpec::parse("127.0.0.1:5000/c", false).unwrap(),
             CacheSpec::Registry {
                 reference: "127.0.0.1:5000/c".into(),
-                mode: CacheMode::Min
+                export: ExportOptions::default()
             }
         );
         assert_eq!(
             CacheSpec::parse("type=local,dest=/tmp/c", true).unwrap(),
             CacheSpec::Local {
                 dir: "/tmp/c".into(),
-                mode: CacheMode::Min
+                export: ExportOptions::default()
             }
         );
         assert_eq!(
             CacheSpec::parse("type=local,src=/tmp/c", false).unwrap(),
             CacheSpec::Local {
                 dir: "/tmp/c".into(),
-                mode: CacheMode::Min
+                export: ExportOptions::default()
             }
         );
         assert_eq!(
             CacheSpec::parse("type=inline", true).unwrap(),
             CacheSpec::Inline
         );
+        assert!(
+            CacheSpec::parse("type=local,dest=/c,mounts=true", true)
+                .unwrap()
+                .export_options()
+                .mounts
+        );
         for bad in [
             "type=local,src=/x",
             "type=registry",
             "type=s3,ref=x",
             "type=registry,ref=a/b,mode=all",
-            "type=registry,ref=a/b,mounts=true",
+            "type=registry,ref=a/b,mounts=yes",
         ] {
             let err = CacheSpec::parse(bad, true).unwrap_err().to_string();
             assert!(err.contains(&format!("{bad:?}")), "{err}");

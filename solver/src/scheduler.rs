@@ -76,6 +76,7 @@ pub(crate) fn run(
 ) -> Result<Arc<State>, BuildError> {
     let mut origins: Vec<Option<String>> = vec![None; env.graph.len()];
     let plan = make_plan(env, target, stats, &mut origins)?;
+    import_mounts(env, &plan, stats);
     let graph = env.graph;
     let n = graph.len();
     report_cached_below_hits(env, &plan, target);
@@ -382,6 +383,85 @@ fn remote_lookup(
     None
 }
 
+/// The `RUN --mount=type=cache` directories of the needed steps: their
+/// names in `ROOT/mounts/` (as the exec op names them) and ids.
+fn cache_mounts(env: &Env<'_>, ids: &[VertexId]) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for &id in ids {
+        if let Op::Exec(op) = &env.graph.vertex(id).op {
+            for mount in &op.mounts {
+                if let frontend::graph::ExecMountKind::Cache { id, .. } = &mount.kind {
+                    out.insert(Digest::of(id.as_bytes()).hex(), id.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Before the steps run: each cache mount directory a running step uses
+/// and this root lacks is fetched from the `--cache-from` caches, if one of
+/// them has it (`mounts=true` exports). Failures are warnings.
+fn import_mounts(env: &Env<'_>, plan: &[Plan], stats: &mut BuildStats) {
+    if env.request.cache_from.is_empty() {
+        return;
+    }
+    let running: Vec<VertexId> = (0..plan.len())
+        .filter(|&id| matches!(plan[id], Plan::Run))
+        .collect();
+    for (hex, name) in cache_mounts(env, &running) {
+        let dir = env.store.root().join("mounts").join(&hex);
+        if dir.exists() {
+            continue;
+        }
+        let Ok(Some(_lock)) = env.store.try_lock_exclusive(&format!("mount-{hex}")) else {
+            continue;
+        };
+        if dir.exists() {
+            continue;
+        }
+        let key = cache::remote_cache::mount_key(&hex);
+        for remote in &env.request.cache_from {
+            let fetched = match remote.lookup(env.store, &key) {
+                Ok(Some(fetched)) => fetched,
+                Ok(None) => continue,
+                Err(err) => {
+                    stats.remote_warnings.push(format!(
+                        "--cache-from {}: cache mount {name} not imported: {}",
+                        remote.name(),
+                        error_chain(&err)
+                    ));
+                    continue;
+                }
+            };
+            let unpacked = env.store.temp_dir("cache-import-").ok().and_then(|temp| {
+                let fresh = temp.path().join("dir");
+                std::fs::create_dir(&fresh).ok()?;
+                let result = cache::remote_cache::unpack_mount(env.store, &fetched.record, &fresh)
+                    .map_err(|err| error_chain(&err))
+                    .and_then(|()| {
+                        std::fs::create_dir_all(dir.parent().expect("mounts/ has a parent"))
+                            .and_then(|()| std::fs::rename(&fresh, &dir))
+                            .map_err(|e| e.to_string())
+                    });
+                Some(result)
+            });
+            match unpacked {
+                Some(Ok(())) => {
+                    stats.remote_mounts += 1;
+                    stats.remote_bytes += fetched.fetched_bytes;
+                }
+                Some(Err(err)) => stats.remote_warnings.push(format!(
+                    "--cache-from {}: cache mount {name} not imported: {err}",
+                    remote.name()
+                )),
+                None => {}
+            }
+            break;
+        }
+    }
+}
+
 /// Exports the build's results to the `--cache-to` caches: with
 /// `mode=max` every cached result the target needed, with `mode=min` those
 /// of the target's stage. Failures are warnings: the image is built.
@@ -396,14 +476,15 @@ pub(crate) fn export_remote(
     }
     let graph = env.graph;
     let stage = graph.vertex(target).stage;
-    for (remote, mode) in &env.request.cache_to {
+    let mounts = cache_mounts(env, needed);
+    for (remote, opts) in &env.request.cache_to {
         let mut entries: BTreeMap<Digest, CacheRecord> = BTreeMap::new();
         for &id in needed {
             let vertex = graph.vertex(id);
             if !is_cached_op(&vertex.op) {
                 continue;
             }
-            if *mode == cache::remote_cache::CacheMode::Min
+            if opts.mode == cache::remote_cache::CacheMode::Min
                 && (stage.is_none() || vertex.stage != stage)
             {
                 continue;
@@ -416,6 +497,28 @@ pub(crate) fn export_remote(
                 && record.layers.iter().all(|l| env.store.has_blob(&l.digest))
             {
                 entries.insert(key.digest, record);
+            }
+        }
+        if opts.mounts {
+            for (hex, id) in &mounts {
+                let dir = env.store.root().join("mounts").join(hex);
+                // A step holding it exclusively is still writing it.
+                let Ok(Some(_lock)) = env.store.try_lock_shared(&format!("mount-{hex}")) else {
+                    continue;
+                };
+                if !dir.is_dir() {
+                    continue;
+                }
+                match cache::remote_cache::mount_record(env.store, &dir, id) {
+                    Ok(record) => {
+                        entries.insert(cache::remote_cache::mount_key(hex), record);
+                    }
+                    Err(err) => stats.remote_warnings.push(format!(
+                        "--cache-to {}: cache mount {id} not exported: {}",
+                        remote.name(),
+                        error_chain(&err)
+                    )),
+                }
             }
         }
         let entries: Vec<(Digest, CacheRecord)> = entries.into_iter().collect();

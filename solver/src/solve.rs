@@ -21,7 +21,7 @@ use cache::Digest;
 use cache::compression::CompressionOptions;
 use cache::images::{ImageError, ImageStore};
 use cache::keys::KeyIndex;
-use cache::remote_cache::{CacheMode, Exported, RemoteCache};
+use cache::remote_cache::{ExportOptions, Exported, RemoteCache};
 use cache::snapshot::{SnapshotError, Snapshots};
 use cache::store::{Store, StoreError, StoreLock};
 use frontend::SourceError;
@@ -77,7 +77,7 @@ pub struct BuildRequest {
     pub cache_from: Vec<Arc<dyn RemoteCache>>,
     /// `--cache-to`: remote caches the results are exported to once the
     /// build has succeeded.
-    pub cache_to: Vec<(Arc<dyn RemoteCache>, CacheMode)>,
+    pub cache_to: Vec<(Arc<dyn RemoteCache>, ExportOptions)>,
 }
 
 /// One `--secret id=ID,src=PATH|env=VAR`.
@@ -157,6 +157,9 @@ pub struct BuildStats {
     /// fetched for them.
     pub remote_hits: usize,
     pub remote_bytes: u64,
+    /// `RUN --mount=type=cache` directories that came from a
+    /// `--cache-from` cache (exported there with `mounts=true`).
+    pub remote_mounts: usize,
     /// Per `--cache-to` cache: its name and what was exported.
     pub exports: Vec<(String, Exported)>,
     /// Remote caches that failed (a warning each; the build went on).

@@ -328,6 +328,17 @@ fn report_remote_cache(progress: &Renderer, result: &BuildResult) {
         );
         progress.done(step);
     }
+    if stats.remote_mounts > 0 {
+        let step = progress.begin("importing cache mounts");
+        progress.detail(
+            step,
+            &format!(
+                "{} cache mount(s) from the remote cache",
+                stats.remote_mounts
+            ),
+        );
+        progress.done(step);
+    }
     for (name, exported) in &stats.exports {
         let step = progress.begin(&format!("exporting cache to {name}"));
         progress.detail(
@@ -538,12 +549,12 @@ fn request(args: &BuildArgs, shown: &str, dockerfile: Vec<u8>) -> anyhow::Result
 type CacheFrom = Vec<Arc<dyn cache::remote_cache::RemoteCache>>;
 type CacheTo = Vec<(
     Arc<dyn cache::remote_cache::RemoteCache>,
-    cache::remote_cache::CacheMode,
+    cache::remote_cache::ExportOptions,
 )>;
 
 /// `--cache-from`, `--cache-to` and `--cache`/`BUILDER_CACHE` as backends.
 fn remote_caches(args: &BuildArgs) -> anyhow::Result<(CacheFrom, CacheTo)> {
-    use cache::remote_cache::{CacheMode, CacheSpec};
+    use cache::remote_cache::{CacheMode, CacheSpec, ExportOptions};
     let options = cache::registry::RegistryOptions::default();
     let mut from = Vec::new();
     let mut to = Vec::new();
@@ -560,20 +571,24 @@ fn remote_caches(args: &BuildArgs) -> anyhow::Result<(CacheFrom, CacheTo)> {
     for raw in &args.cache_to {
         let spec = CacheSpec::parse(raw, true)?;
         match open(&spec, "--cache-to", raw)? {
-            Some(c) => to.push((c, spec.mode())),
+            Some(c) => to.push((c, spec.export_options())),
             None => eprintln!(
                 "warning: --cache-to type=inline is accepted but exports nothing yet; use type=registry or type=local"
             ),
         }
     }
     if let Some(raw) = args.cache.as_deref().filter(|c| !c.is_empty()) {
+        let export = ExportOptions {
+            mode: CacheMode::Max,
+            mounts: false,
+        };
         let spec = CacheSpec::Registry {
             reference: raw.to_owned(),
-            mode: CacheMode::Max,
+            export,
         };
         if let Some(c) = open(&spec, "--cache", raw)? {
             from.push(c.clone());
-            to.push((c, CacheMode::Max));
+            to.push((c, export));
         }
     }
     Ok((from, to))
