@@ -161,7 +161,7 @@ pub enum RemoteCacheError {
     Registry {
         cache: String,
         #[source]
-        source: RegistryError,
+        source: Box<RegistryError>,
     },
     #[error("cache {cache}: cannot {action} {}", path.display())]
     Io {
@@ -384,7 +384,7 @@ impl RegistryCache {
     fn err(&self, source: RegistryError) -> RemoteCacheError {
         RemoteCacheError::Registry {
             cache: self.name(),
-            source,
+            source: Box::new(source),
         }
     }
 
