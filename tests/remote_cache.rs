@@ -77,6 +77,17 @@ fn machine() -> Machine {
 /// `build --progress=json ARGS` with `SOURCE_DATE_EPOCH` and `envs`; the
 /// events and the image's manifest digest.
 fn build(m: &Machine, args: &[&str], envs: &[(&str, &str)]) -> (Events, String, String) {
+    let (events, doc, stderr) = build_doc(m, args, envs);
+    let digest = doc["containerimage.digest"].as_str().unwrap().to_owned();
+    (events, digest, stderr)
+}
+
+/// Like [`build`], with the whole `--metadata-file` document.
+fn build_doc(
+    m: &Machine,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> (Events, serde_json::Value, String) {
     let meta = m.t.path(&format!("meta-{}.json", common::unique()));
     let mut c = m.t.builder();
     c.env("SOURCE_DATE_EPOCH", EPOCH)
@@ -97,8 +108,7 @@ fn build(m: &Machine, args: &[&str], envs: &[(&str, &str)]) -> (Events, String, 
         out.status
     );
     let doc: serde_json::Value = serde_json::from_slice(&fs::read(&meta).unwrap()).unwrap();
-    let digest = doc["containerimage.digest"].as_str().unwrap().to_owned();
-    (Events::parse(&stderr), digest, stderr)
+    (Events::parse(&stderr), doc, stderr)
 }
 
 fn sorted(steps: &[&str]) -> Vec<String> {
@@ -380,4 +390,50 @@ RUN --mount=type=cache,id=shared,target=/cache sh -c 'cat /cache/log > /seen 2>/
         &[],
     );
     assert_eq!(d.t.ok(&["run", "app", "cat", "/seen"]), "");
+}
+
+#[test]
+fn remote_cache_inline_metadata_travels_with_the_pushed_image() {
+    if !sandbox_available() {
+        return;
+    }
+    let t = TestRoot::new();
+    let server = Server::start(&t.path("cache-store"), &[]);
+    let image = format!("{}/team/app:1", server.addr);
+    let a = machine();
+    let (cold, doc_a, _) = build_doc(&a, &["--cache-to", "type=inline", "-t", &image], &[]);
+    assert_ran(&cold, &ALL, "A, cold");
+    a.t.ok(&["push", &image]);
+    // The pushed manifest names the final stage's results.
+    let manifest = a.t.store().read_blob(
+        &doc_a["containerimage.digest"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap(),
+    );
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest.unwrap()).unwrap();
+    let inline = manifest["annotations"][cache::remote_cache::INLINE_ANNOTATION]
+        .as_str()
+        .expect("inline cache annotation");
+    let entries: Vec<serde_json::Value> = serde_json::from_str(inline).unwrap();
+    assert_eq!(entries.len(), 3, "the final stage's three steps: {inline}");
+
+    let b = machine();
+    let (events, doc_b, stderr) = build_doc(&b, &["--cache-from", &image], &[]);
+    assert_ran(&events, &[], "B from the inline cache of A's image");
+    assert_eq!(
+        doc_a["containerimage.config.digest"], doc_b["containerimage.config.digest"],
+        "the same image id"
+    );
+    assert!(
+        stderr.contains(&format!("from cache {}/team/app", server.addr)),
+        "{stderr}"
+    );
+    // A change in the build stage: its results are not inline (buildx's
+    // inline cache is mode=min), so the whole build stage runs.
+    let c = machine();
+    fs::write(c.ctx.join("main.txt"), "main v2\n").unwrap();
+    let (events, _, _) = build_doc(&c, &["--cache-from", &image], &[]);
+    assert_ran(&events, &ALL, "nothing of the build stage is inline");
 }

@@ -16,12 +16,12 @@
 //! know where a record came from; errors are returned, and the solver turns
 //! them into warnings: a cache that cannot be reached never fails a build.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use oci_spec::distribution::Reference;
 use serde::{Deserialize, Serialize};
@@ -344,6 +344,10 @@ pub struct RegistryCache {
     client: Client,
     registry: String,
     repository: String,
+    /// The reference's tag or digest: an image that may carry inline cache
+    /// metadata ([`INLINE_ANNOTATION`]), read on the first lookup.
+    image: Option<String>,
+    inline: OnceLock<HashMap<Digest, CacheRecord>>,
 }
 
 impl fmt::Debug for RegistryCache {
@@ -374,10 +378,17 @@ impl RegistryCache {
                 },
             );
         }
+        let image = match (parsed.digest(), parsed.tag()) {
+            (Some(d), _) => Some(d.to_owned()),
+            (None, Some(t)) => Some(t.to_owned()),
+            (None, None) => None,
+        };
         Ok(RegistryCache {
             client,
             registry: parsed.registry().to_owned(),
             repository: parsed.repository().to_owned(),
+            image,
+            inline: OnceLock::new(),
         })
     }
 
@@ -415,7 +426,8 @@ impl RegistryCache {
             || format!("manifest {repo}:{tag}"),
             "pull",
         )?;
-        let parsed = parse_reference(&format!("{}/{repo}:{tag}", self.registry))?;
+        let sep = if tag.contains(':') { '@' } else { ':' };
+        let parsed = parse_reference(&format!("{}/{repo}{sep}{tag}", self.registry))?;
         let (bytes, _, _) =
             crate::registry::pull::fetch_manifest(&self.client, &ep, &parsed, tag, None, &scopes)?;
         Ok(Some(bytes))
@@ -446,7 +458,117 @@ impl RegistryCache {
         Ok(header(&resp, "docker-content-digest").and_then(|d| d.parse().ok()))
     }
 
+    /// The records an image's inline cache metadata describes (none when
+    /// the reference names no image or it has none).
+    fn inline_records(&self, store: &Store) -> &HashMap<Digest, CacheRecord> {
+        self.inline
+            .get_or_init(|| self.load_inline(store).ok().flatten().unwrap_or_default())
+    }
+
+    fn load_inline(
+        &self,
+        store: &Store,
+    ) -> Result<Option<HashMap<Digest, CacheRecord>>, RegistryError> {
+        let Some(image) = &self.image else {
+            return Ok(None);
+        };
+        let Some(manifest) = self.get_manifest(image)? else {
+            return Ok(None);
+        };
+        let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&manifest) else {
+            return Ok(None);
+        };
+        let Some(entries) = doc["annotations"][INLINE_ANNOTATION]
+            .as_str()
+            .and_then(|t| serde_json::from_str::<Vec<InlineEntry>>(t).ok())
+        else {
+            return Ok(None);
+        };
+        let Ok(parsed) = serde_json::from_slice::<ManifestDoc>(&manifest) else {
+            return Ok(None);
+        };
+        let config_ref = BlobRef {
+            media_type: parsed.config.media_type.clone(),
+            digest: parsed.config.digest,
+            size: parsed.config.size,
+        };
+        if config_ref.size > MAX_DOCUMENT {
+            return Ok(None);
+        }
+        if !store.has_blob(&config_ref.digest) {
+            let ep = self.client.endpoint(&self.registry);
+            crate::registry::pull::fetch_blobs(
+                &self.client,
+                &ep,
+                &self.repository,
+                store,
+                std::slice::from_ref(&config_ref),
+                &self.scopes(false),
+            )?;
+        }
+        let config: serde_json::Value =
+            match serde_json::from_slice(&store.read_blob(&config_ref.digest)?) {
+                Ok(c) => c,
+                Err(_) => return Ok(None),
+            };
+        let diff_ids: Vec<Digest> = config["rootfs"]["diff_ids"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|d| d.as_str()?.parse().ok()).collect())
+            .unwrap_or_default();
+        if diff_ids.len() != parsed.layers.len() {
+            return Ok(None);
+        }
+        let mut out = HashMap::new();
+        for e in entries {
+            if e.layers == 0 || e.layers > parsed.layers.len() {
+                continue;
+            }
+            let layers = parsed.layers[..e.layers]
+                .iter()
+                .zip(&diff_ids)
+                .map(|(l, d)| RecordLayer {
+                    media_type: l.media_type.clone(),
+                    digest: l.digest,
+                    size: l.size,
+                    diff_id: *d,
+                })
+                .collect();
+            out.insert(e.key, CacheRecord::new(layers, ""));
+        }
+        Ok(Some(out))
+    }
+
+    /// Fetches the record's layers the store lacks; their bytes.
+    fn fetch_missing(&self, store: &Store, record: &CacheRecord) -> Result<u64, RegistryError> {
+        let missing: Vec<BlobRef> = record
+            .layers
+            .iter()
+            .filter(|l| !store.has_blob(&l.digest))
+            .map(|l| BlobRef {
+                media_type: l.media_type.clone(),
+                digest: l.digest,
+                size: l.size,
+            })
+            .collect();
+        let ep = self.client.endpoint(&self.registry);
+        crate::registry::pull::fetch_blobs(
+            &self.client,
+            &ep,
+            &self.repository,
+            store,
+            &missing,
+            &self.scopes(false),
+        )
+    }
+
     fn lookup_inner(&self, store: &Store, key: &Digest) -> Result<Option<Fetched>, RegistryError> {
+        if let Some(record) = self.inline_records(store).get(key).cloned() {
+            let fetched_bytes = self.fetch_missing(store, &record)?;
+            return Ok(Some(Fetched {
+                record,
+                fetched_bytes,
+            }));
+        }
         let Some(manifest) = self.get_manifest(&tag_of_key(key))? else {
             return Ok(None);
         };
@@ -473,24 +595,7 @@ impl RegistryCache {
         let Some(record) = decode(key, &manifest, &config) else {
             return Ok(None);
         };
-        let missing: Vec<BlobRef> = record
-            .layers
-            .iter()
-            .filter(|l| !store.has_blob(&l.digest))
-            .map(|l| BlobRef {
-                media_type: l.media_type.clone(),
-                digest: l.digest,
-                size: l.size,
-            })
-            .collect();
-        fetched_bytes += crate::registry::pull::fetch_blobs(
-            &self.client,
-            &ep,
-            &self.repository,
-            store,
-            &missing,
-            &scopes,
-        )?;
+        fetched_bytes += self.fetch_missing(store, &record)?;
         Ok(Some(Fetched {
             record,
             fetched_bytes,
@@ -793,6 +898,38 @@ impl RemoteCache for LocalCache {
         self.write_atomic(&self.dir.join("index.json"), |f| f.write_all(&bytes))?;
         Ok(out)
     }
+}
+
+/// The image manifest annotation of `--cache-to type=inline`: JSON
+/// `[{"key":"sha256:…","layers":N}]`, each a cache key whose result is the
+/// image's first N layers (so only results of the image's own chain can be
+/// inline, as in buildx). `--cache-from HOST/REPO:TAG` reads it.
+pub const INLINE_ANNOTATION: &str = "dev.builder.cache.inline.v1";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct InlineEntry {
+    key: Digest,
+    layers: usize,
+}
+
+/// `manifest` with the inline cache annotation for `entries` (key, number of
+/// leading image layers), canonical JSON; `None` if it is not a manifest
+/// object.
+pub fn inline_manifest(manifest: &[u8], entries: &[(Digest, usize)]) -> Option<Vec<u8>> {
+    let mut doc: serde_json::Value = serde_json::from_slice(manifest).ok()?;
+    let list: Vec<InlineEntry> = entries
+        .iter()
+        .map(|&(key, layers)| InlineEntry { key, layers })
+        .collect();
+    let text = serde_json::to_string(&list).ok()?;
+    let annotations = doc
+        .as_object_mut()?
+        .entry("annotations")
+        .or_insert_with(|| serde_json::json!({}));
+    annotations
+        .as_object_mut()?
+        .insert(INLINE_ANNOTATION.into(), text.into());
+    crate::json::to_vec(&doc).ok()
 }
 
 /// The key a `RUN --mount=type=cache` directory is exported under

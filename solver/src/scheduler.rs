@@ -383,6 +383,45 @@ fn remote_lookup(
     None
 }
 
+/// `type=inline`: the image's manifest again, annotated with the keys of
+/// the needed results that are a leading part of its layers.
+pub(crate) fn inline_cache(
+    env: &Env<'_>,
+    needed: &[VertexId],
+    chain: &LayerChain,
+    stored: crate::image::StoredImage,
+) -> Result<crate::image::StoredImage, BuildError> {
+    let image: Vec<Digest> = chain.layers().iter().map(|l| l.descriptor.digest).collect();
+    let mut entries: BTreeMap<Digest, usize> = BTreeMap::new();
+    for &id in needed {
+        if !is_cached_op(&env.graph.vertex(id).op) {
+            continue;
+        }
+        let Some(key) = &env.keys[id] else { continue };
+        if let Ok(Some(record)) = env.index.get(&key.digest)
+            && !record.layers.is_empty()
+            && record.layers.len() <= image.len()
+            && record
+                .layers
+                .iter()
+                .zip(&image)
+                .all(|(l, d)| l.digest == *d)
+        {
+            entries.insert(key.digest, record.layers.len());
+        }
+    }
+    let entries: Vec<(Digest, usize)> = entries.into_iter().collect();
+    let Some(manifest) = cache::remote_cache::inline_manifest(&stored.manifest, &entries) else {
+        return Ok(stored);
+    };
+    let manifest_digest = env.store.put_blob(&manifest)?;
+    Ok(crate::image::StoredImage {
+        manifest_digest,
+        manifest,
+        ..stored
+    })
+}
+
 /// The `RUN --mount=type=cache` directories of the needed steps: their
 /// names in `ROOT/mounts/` (as the exec op names them) and ids.
 fn cache_mounts(env: &Env<'_>, ids: &[VertexId]) -> BTreeMap<String, String> {

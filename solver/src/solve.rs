@@ -78,6 +78,10 @@ pub struct BuildRequest {
     /// `--cache-to`: remote caches the results are exported to once the
     /// build has succeeded.
     pub cache_to: Vec<(Arc<dyn RemoteCache>, ExportOptions)>,
+    /// `--cache-to type=inline`: the image manifest names the cache keys
+    /// its leading layers are the results of (see
+    /// [`cache::remote_cache::INLINE_ANNOTATION`]).
+    pub cache_inline: bool,
 }
 
 /// One `--secret id=ID,src=PATH|env=VAR`.
@@ -475,6 +479,11 @@ pub fn build_with(
     let stored = match req.source_date_epoch {
         Some(epoch) => write_image(store, &target.image, &chain, Timestamp::from_unix(epoch))?,
         None => write_dated_image(store, &target.image, &chain, ran_nothing)?,
+    };
+    let stored = if req.cache_inline {
+        crate::scheduler::inline_cache(&env, &needed, &chain, stored)?
+    } else {
+        stored
     };
     crate::scheduler::export_remote(&env, target.vertex, &needed, &mut stats);
     warnings.extend(stats.remote_warnings.iter().map(|message| Warning {

@@ -509,7 +509,7 @@ fn request(args: &BuildArgs, shown: &str, dockerfile: Vec<u8>) -> anyhow::Result
             .with_context(|| format!("invalid --add-host {h:?}: bad IP address"))?;
         extra_hosts.push((host.to_owned(), ip));
     }
-    let (cache_from, cache_to) = remote_caches(args)?;
+    let (cache_from, cache_to, cache_inline) = remote_caches(args)?;
     Ok(BuildRequest {
         dockerfile,
         dockerfile_path: shown.to_owned(),
@@ -543,21 +543,25 @@ fn request(args: &BuildArgs, shown: &str, dockerfile: Vec<u8>) -> anyhow::Result
             .collect::<anyhow::Result<_>>()?,
         cache_from,
         cache_to,
+        cache_inline,
     })
 }
 
 type CacheFrom = Vec<Arc<dyn cache::remote_cache::RemoteCache>>;
+/// `--cache-to type=inline` was given.
+type CacheInline = bool;
 type CacheTo = Vec<(
     Arc<dyn cache::remote_cache::RemoteCache>,
     cache::remote_cache::ExportOptions,
 )>;
 
 /// `--cache-from`, `--cache-to` and `--cache`/`BUILDER_CACHE` as backends.
-fn remote_caches(args: &BuildArgs) -> anyhow::Result<(CacheFrom, CacheTo)> {
+fn remote_caches(args: &BuildArgs) -> anyhow::Result<(CacheFrom, CacheTo, CacheInline)> {
     use cache::remote_cache::{CacheMode, CacheSpec, ExportOptions};
     let options = cache::registry::RegistryOptions::default();
     let mut from = Vec::new();
     let mut to = Vec::new();
+    let mut inline = false;
     let open = |spec: &CacheSpec, flag: &str, raw: &str| {
         spec.open(&options)
             .with_context(|| format!("invalid {flag} {raw:?}"))
@@ -572,9 +576,7 @@ fn remote_caches(args: &BuildArgs) -> anyhow::Result<(CacheFrom, CacheTo)> {
         let spec = CacheSpec::parse(raw, true)?;
         match open(&spec, "--cache-to", raw)? {
             Some(c) => to.push((c, spec.export_options())),
-            None => eprintln!(
-                "warning: --cache-to type=inline is accepted but exports nothing yet; use type=registry or type=local"
-            ),
+            None => inline = true,
         }
     }
     if let Some(raw) = args.cache.as_deref().filter(|c| !c.is_empty()) {
@@ -591,7 +593,7 @@ fn remote_caches(args: &BuildArgs) -> anyhow::Result<(CacheFrom, CacheTo)> {
             to.push((c, export));
         }
     }
-    Ok((from, to))
+    Ok((from, to, inline))
 }
 
 /// `--secret id=ID,src=PATH` (also `source=`, and `type=file|env`), or
