@@ -25,13 +25,14 @@
 //!   op does not support it yet);
 //! - mkdir (WORKDIR): the parent key, path, mode and user.
 //!
-//! Every cached op also keys the layer compression and SOURCE_DATE_EPOCH,
-//! which change the blobs it produces.
+//! Every cached op also keys SOURCE_DATE_EPOCH, which changes the layer
+//! tar it produces. The layer compression is not keyed: a result made with
+//! gzip serves a build that wants zstd (as in BuildKit), and the image
+//! export recompresses what it must instead of every step running again.
 
 use std::collections::BTreeMap;
 
 use cache::Digest;
-use cache::compression::CompressionOptions;
 use frontend::graph::{
     BuildGraph, CacheSharing, Chmod, CopyOp, CopySource, ExecMountKind, ExecOp, MkdirOp,
     NetworkMode, Op, SecurityMode, VertexId,
@@ -45,7 +46,7 @@ use crate::solve::BuildRequest;
 
 /// The version of the key scheme; changing how anything is keyed must
 /// change it, so that old records are never matched by new keys.
-pub const KEY_VERSION: &str = "builder-cache-key-v2";
+pub const KEY_VERSION: &str = "builder-cache-key-v3";
 
 /// One named input of a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,14 +134,6 @@ impl KeyBuilder {
     }
 
     fn add_layer_format(&mut self, req: &BuildRequest) {
-        let c: &CompressionOptions = &req.layer_compression;
-        let level = c
-            .effective_level()
-            .map_or_else(|| "default".to_owned(), |l| l.to_string());
-        self.add(
-            "layer compression",
-            &[c.kind.name().as_bytes(), level.as_bytes()],
-        );
         let epoch = req.source_date_epoch.map(|e| e.to_string());
         self.add_opt("SOURCE_DATE_EPOCH", epoch.as_deref());
     }
@@ -571,7 +564,7 @@ fn opt_u32(v: Option<u32>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cache::compression::Compression;
+    use cache::compression::{Compression, CompressionOptions};
     use cache::images::ImageStore;
     use cache::store::Store;
 
@@ -617,6 +610,11 @@ mod tests {
             }),
             key
         );
+        // Nor is the layer compression (an export recompresses).
+        assert_eq!(
+            changed(&|r| r.layer_compression = CompressionOptions::new(Compression::Zstd)),
+            key
+        );
         // A secret's source is not either (only the mount declaration).
         assert_eq!(
             changed(&|r| r.secrets.push(crate::SecretSpec {
@@ -639,10 +637,6 @@ mod tests {
                     r.extra_hosts
                         .push(("h".into(), "10.0.0.1".parse().unwrap()))
                 }),
-            ),
-            (
-                "compression",
-                changed(&|r| r.layer_compression = CompressionOptions::new(Compression::Zstd)),
             ),
             ("epoch", changed(&|r| r.source_date_epoch = Some(1))),
         ] {

@@ -155,7 +155,17 @@ pub(crate) fn run(root: &Path, args: BuildArgs) -> anyhow::Result<ExitCode> {
     let outputs = parse_outputs(&args)?;
     let mode = args.progress.mode(args.quiet);
     let (shown, dockerfile) = read_dockerfile(&args)?;
-    let request = request(&args, &shown, dockerfile)?;
+    let mut request = request(&args, &shown, dockerfile)?;
+    // Layers are made in the compression the image export asks for, so that
+    // it needs no recompression (a 600 MB layer: seconds).
+    if let Some(c) = outputs
+        .exports
+        .iter()
+        .filter(|e| matches!(e.kind, ExportKind::Oci | ExportKind::Docker))
+        .find_map(|e| e.options.compression)
+    {
+        request.layer_compression = c;
+    }
 
     let images = super::images::open(root)?;
     let progress = Renderer::new(mode, Box::new(io::stderr()));
