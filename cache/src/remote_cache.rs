@@ -287,10 +287,15 @@ impl CacheSpec {
                     .get("ref")
                     .filter(|r| !r.is_empty())
                     .ok_or_else(|| err("type=registry needs ref=HOST/REPO".into()))?;
-                Ok(CacheSpec::Registry {
-                    reference: reference.clone(),
-                    export,
-                })
+                // buildx's `registry.insecure=true`: HTTP or unverified HTTPS.
+                let insecure = ["registry.insecure", "insecure"]
+                    .iter()
+                    .any(|k| fields.get(*k).is_some_and(|v| v == "true"));
+                let reference = match reference.strip_prefix("http://") {
+                    None if insecure => format!("http://{reference}"),
+                    _ => reference.clone(),
+                };
+                Ok(CacheSpec::Registry { reference, export })
             }
             "local" => {
                 let key = if to { "dest" } else { "src" };
@@ -357,17 +362,26 @@ impl fmt::Debug for RegistryCache {
 }
 
 impl RegistryCache {
-    /// `reference` is `HOST/REPO` (a tag, if any, is ignored: keys are tags).
+    /// `reference` is `HOST/REPO[:TAG]`; keys are tags of `HOST/REPO`, and a
+    /// TAG names an image whose inline cache metadata is read too. With an
+    /// `http://` prefix the host is reached over plain HTTP (or HTTPS without
+    /// certificate checks), as a `--insecure-registry`: a team cache server
+    /// on another machine speaks plain HTTP.
     pub fn new(
         reference: &str,
-        options: RegistryOptions,
+        mut options: RegistryOptions,
         token: Option<String>,
     ) -> Result<RegistryCache, RemoteCacheError> {
+        let insecure = reference.starts_with("http://");
+        let reference = reference.strip_prefix("http://").unwrap_or(reference);
         let parsed: Reference =
             parse_reference(reference).map_err(|source| RemoteCacheError::Spec {
                 spec: reference.to_owned(),
                 why: source.to_string(),
             })?;
+        if insecure {
+            options.insecure.push(parsed.registry().to_owned());
+        }
         let client = Client::new(options);
         if let Some(token) = token {
             client.set_credentials(
@@ -1071,6 +1085,25 @@ mod tests {
             CacheSpec::parse("type=inline", true).unwrap(),
             CacheSpec::Inline
         );
+        assert_eq!(
+            CacheSpec::parse(
+                "type=registry,ref=cache.lan:5000/c,registry.insecure=true",
+                true
+            )
+            .unwrap(),
+            CacheSpec::Registry {
+                reference: "http://cache.lan:5000/c".into(),
+                export: ExportOptions::default()
+            }
+        );
+        let cache = RegistryCache::new(
+            "http://cache.lan:5000/team/c",
+            RegistryOptions::default(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(cache.name(), "cache.lan:5000/team/c");
+        assert_eq!(cache.client.options().insecure, ["cache.lan:5000"]);
         assert!(
             CacheSpec::parse("type=local,dest=/c,mounts=true", true)
                 .unwrap()
