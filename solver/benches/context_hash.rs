@@ -136,6 +136,7 @@ fn main() {
     let sel = Selection {
         paths: vec!["/"],
         exclude: &[],
+        owners: true,
     };
 
     // Twice: the first run may compete with the writeback of the files

@@ -205,6 +205,7 @@ impl<'a> KeyComputer<'a> {
         vertex: VertexId,
         paths: Vec<&str>,
         exclude: &[String],
+        owners: bool,
     ) -> Result<ContextSum, KeyError> {
         if self.hasher.is_none() {
             let hasher =
@@ -214,7 +215,11 @@ impl<'a> KeyComputer<'a> {
         }
         let hasher = self.hasher.as_ref().expect("just made");
         hasher
-            .checksum(&Selection { paths, exclude })
+            .checksum(&Selection {
+                paths,
+                exclude,
+                owners,
+            })
             .map_err(|source| KeyError { vertex, source })
     }
 
@@ -412,7 +417,8 @@ impl<'a> KeyComputer<'a> {
                     if !is_main_context(self.graph, input) {
                         return Ok(None);
                     }
-                    let sum = self.context_sum(id, vec![source], &[])?;
+                    // A bind mount shows the files' owners.
+                    let sum = self.context_sum(id, vec![source], &[], true)?;
                     b.add_context(format!("{name} context files"), sum);
                 } else {
                     let Some(key) = keys[input].as_ref() else {
@@ -504,7 +510,8 @@ impl<'a> KeyComputer<'a> {
                 if !is_main_context(self.graph, from) {
                     return Ok(None);
                 }
-                let sum = self.context_sum(id, paths, &op.exclude)?;
+                // COPY makes context files 0:0: their owners do not matter.
+                let sum = self.context_sum(id, paths, &op.exclude, false)?;
                 b.add_context("context files", sum);
             } else {
                 let Some(key) = keys[from].as_ref() else {

@@ -56,6 +56,7 @@ impl Fixture {
             .checksum(&Selection {
                 paths: paths.to_vec(),
                 exclude,
+                owners: true,
             })
             .unwrap()
     }
@@ -105,6 +106,7 @@ fn same_content_gives_the_same_digest_with_or_without_the_stat_cache() {
     let sel = Selection {
         paths: vec!["/src"],
         exclude: &[],
+        owners: true,
     };
     assert_eq!(h.checksum(&sel).unwrap(), first);
     h.save().unwrap();
@@ -146,8 +148,23 @@ fn content_mode_link_target_and_membership_changes_are_seen() {
     check("added directory");
     fs::set_permissions(f.path("src/empty"), fs::Permissions::from_mode(0o700)).unwrap();
     check("directory mode");
+    let without_owners = |f: &Fixture| {
+        f.hasher(None)
+            .checksum(&Selection {
+                paths: vec!["/src"],
+                exclude: &[],
+                owners: false,
+            })
+            .unwrap()
+            .digest
+    };
+    let before = without_owners(&f);
     std::os::unix::fs::chown(f.path("src/main.rs"), Some(1000), Some(1000)).unwrap();
+    // chown clears the set-id bits: give them back, only the owner differs.
+    fs::set_permissions(f.path("src/main.rs"), fs::Permissions::from_mode(0o4755)).unwrap();
     check("owner");
+    // COPY makes context files 0:0, so its selection leaves owners out.
+    assert_eq!(without_owners(&f), before, "owners counted for COPY");
 }
 
 #[test]
@@ -304,6 +321,7 @@ fn racy_rewrite_with_the_same_size_and_mtime_is_seen() {
     let sel = Selection {
         paths: vec!["/f"],
         exclude: &[],
+        owners: true,
     };
     let first = h.checksum(&sel).unwrap();
     // Just written: its timestamps cannot tell a later rewrite apart.
@@ -333,6 +351,7 @@ fn stat_cache_survives_save_and_spares_reads() {
     let sel = Selection {
         paths: vec!["/"],
         exclude: &[],
+        owners: true,
     };
     let h = f.hasher(None);
     let cold = h.checksum(&sel).unwrap();
@@ -378,6 +397,7 @@ fn a_corrupt_or_foreign_cache_file_is_ignored() {
     let sel = Selection {
         paths: vec!["/"],
         exclude: &[],
+        owners: true,
     };
     let h = f.hasher(None);
     let sum = h.checksum(&sel).unwrap();
@@ -436,6 +456,7 @@ fn concurrent_checksums_share_one_hasher() {
                     h.checksum(&Selection {
                         paths,
                         exclude: &[],
+                        owners: true,
                     })
                     .unwrap()
                 })
@@ -546,6 +567,7 @@ fn one_hasher_answers_a_selection_once() {
     let sel = Selection {
         paths: vec!["/src"],
         exclude: &[],
+        owners: true,
     };
     let first = h.checksum(&sel).unwrap();
     f.write("src/main.rs", "changed");
@@ -654,6 +676,7 @@ fn large_files_hashed_in_chunks() {
     let sel = Selection {
         paths: vec!["/big"],
         exclude: &[],
+        owners: true,
     };
     let first = h.checksum(&sel).unwrap();
     assert_eq!(h.stats().bytes_read, 80 << 20);

@@ -73,6 +73,11 @@ pub struct Selection<'a> {
     /// `--exclude` patterns (`.dockerignore` syntax, relative to each
     /// source directory).
     pub exclude: &'a [String],
+    /// Whether file owners count: a bind mount shows them, while COPY from
+    /// the context makes every file 0:0 (or the `--chown` owner), so for
+    /// COPY they are left out and checkouts by different users (a laptop
+    /// and CI) share cache results.
+    pub owners: bool,
 }
 
 /// The checksum of a selection.
@@ -154,7 +159,7 @@ impl std::fmt::Debug for ContextHasher {
 }
 
 /// A selection's paths and excludes, owned.
-type SelectionKey = (Vec<String>, Vec<String>);
+type SelectionKey = (Vec<String>, Vec<String>, bool);
 
 /// What hashing one node found.
 enum Content {
@@ -263,7 +268,12 @@ fn marker_digest(text: &str) -> [u8; 32] {
     h.finalize().into()
 }
 
-fn entry_digest(node: &Node, content: &Content, hard_link: Option<&[u8]>) -> [u8; 32] {
+fn entry_digest(
+    node: &Node,
+    content: &Content,
+    hard_link: Option<&[u8]>,
+    owners: bool,
+) -> [u8; 32] {
     let meta = &node.meta;
     let ft = meta.file_type();
     use std::os::unix::fs::FileTypeExt;
@@ -286,8 +296,10 @@ fn entry_digest(node: &Node, content: &Content, hard_link: Option<&[u8]>) -> [u8
     put_bytes(&mut h, &node.name);
     h.update([kind]);
     h.update((meta.mode() & 0o7777).to_le_bytes());
-    h.update(meta.uid().to_le_bytes());
-    h.update(meta.gid().to_le_bytes());
+    if owners {
+        h.update(meta.uid().to_le_bytes());
+        h.update(meta.gid().to_le_bytes());
+    }
     match content {
         Content::None => {}
         Content::File { digest, size } => {
@@ -376,6 +388,7 @@ impl ContextHasher {
                 .map(|p| (*p).to_owned())
                 .collect::<Vec<_>>(),
             sel.exclude.to_vec(),
+            sel.owners,
         );
         if let Some(sum) = self.lock_sums().get(&memo_key) {
             return Ok(sum.clone());
@@ -403,7 +416,7 @@ impl ContextHasher {
                 Err(e) => {
                     // COPY fails on it before reading anything.
                     found.markers.push(format!("<bad exclude> {e}"));
-                    return Ok(self.finish(Vec::new(), Vec::new(), found.markers));
+                    return Ok(self.finish(Vec::new(), Vec::new(), found.markers, sel.owners));
                 }
             }
         };
@@ -450,11 +463,17 @@ impl ContextHasher {
             }
             self.dirty.store(true, Ordering::Relaxed);
         }
-        Ok(self.finish(nodes, contents, found.markers))
+        Ok(self.finish(nodes, contents, found.markers, sel.owners))
     }
 
     /// Digests of the entries and the sum.
-    fn finish(&self, nodes: Vec<Node>, contents: Vec<Content>, markers: Vec<String>) -> ContextSum {
+    fn finish(
+        &self,
+        nodes: Vec<Node>,
+        contents: Vec<Content>,
+        markers: Vec<String>,
+        owners: bool,
+    ) -> ContextSum {
         // COPY keeps hard links between the files it copies: a file with
         // other selected names for its inode is hashed with the first of
         // them (nodes are sorted by name).
@@ -480,7 +499,7 @@ impl ContextHasher {
                 } else {
                     None
                 };
-                let digest = entry_digest(&node, &content, hard_link);
+                let digest = entry_digest(&node, &content, hard_link, owners);
                 (node.name, digest)
             })
             .collect();
