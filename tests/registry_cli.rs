@@ -701,3 +701,91 @@ fn registry_chunked_push_round_trips() {
     assert!(out.contains(&digest), "{out}");
     t2.check_store();
 }
+
+#[test]
+fn registry_build_from_a_registry_image_and_push() {
+    if !available() || !sandbox_available() {
+        return;
+    }
+    let reg = Registry::plain();
+    let t = TestRoot::new();
+    let cfg = t.path("docker-config");
+    t.busybox_image("app:1", serde_json::json!({}));
+    let base = format!("{}/base/busybox:1", reg.host());
+    ok(
+        &builder(&t, &cfg, &["push", "app:1", &base]),
+        "push of the base",
+    );
+    let other = format!("{}/base/other:1", reg.host());
+    ok(
+        &builder(&t, &cfg, &["push", "app:1", &other]),
+        "push of a second image",
+    );
+
+    // An empty root builds FROM the registry image (pulled) and pushes.
+    let t2 = TestRoot::new();
+    // COPY --from an image pulls it too.
+    let dockerfile =
+        format!("FROM {base}\nRUN echo built > /built\nCOPY --from={other} /etc/motd /motd2\n");
+    let ctx = t2.context(&[("Dockerfile", dockerfile.as_str())]);
+    let ctx = ctx.to_str().unwrap();
+    let result = format!("{}/built/app:1", reg.host());
+    let out = builder(
+        &t2,
+        &cfg,
+        &["build", "--progress", "plain", "--push", "-t", &result, ctx],
+    );
+    ok(&out, "build --push");
+    let inspect: serde_json::Value = serde_json::from_str(&skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        &format!("docker://{result}"),
+    ]))
+    .unwrap();
+    let local = stdout(&t2.output(&["inspect", &result]));
+    let digest = inspect["Digest"].as_str().unwrap();
+    assert!(local.contains(digest), "pushed {digest}, local:\n{local}");
+    // `-o type=registry,name=…` pushes too.
+    let second = format!("{}/built/app:2", reg.host());
+    ok(
+        &builder(
+            &t2,
+            &cfg,
+            &["build", "-o", &format!("type=registry,name={second}"), ctx],
+        ),
+        "build -o type=registry",
+    );
+    skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        &format!("docker://{second}"),
+    ]);
+
+    // Another empty root runs what was pushed.
+    let t3 = TestRoot::new();
+    assert_eq!(
+        ok(
+            &builder(&t3, &cfg, &["run", &result, "cat", "/built"]),
+            "run"
+        ),
+        "built\n"
+    );
+    ok(
+        &builder(&t3, &cfg, &["run", &result, "test", "-s", "/motd2"]),
+        "the copied file",
+    );
+
+    // With the registry gone, the locally present base still builds; --pull
+    // cannot.
+    drop(reg);
+    ok(
+        &builder(&t2, &cfg, &["build", "-t", "offline", ctx]),
+        "offline build",
+    );
+    let out = builder(&t2, &cfg, &["build", "--pull", "-t", "offline", ctx]);
+    assert!(
+        !out.status.success(),
+        "--pull without the registry succeeded"
+    );
+    t2.check_store();
+}

@@ -87,6 +87,13 @@ pub enum ImageError {
         #[source]
         source: serde_json::Error,
     },
+    /// A pull from a registry failed (see `crate::registry`).
+    #[error("cannot pull {reference}")]
+    Pull {
+        reference: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("image {image} is incomplete: blob {digest} is missing")]
     MissingBlob { image: String, digest: Digest },
     #[error("unable to delete {reference} (must be forced): image is referenced by {count} names")]

@@ -17,7 +17,7 @@ pub mod sandbox;
 mod scheduler;
 pub mod solve;
 
-pub use resolver::LocalResolver;
+pub use resolver::{LocalResolver, RegistryAccess, enable_registry};
 pub use solve::{
     BuildError, BuildRequest, BuildResult, BuildStats, LogStream, NoProgress, Progress,
     ProgressEvent, SecretSource, SecretSpec, SshSpec, StepError, build, build_with,

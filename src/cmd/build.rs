@@ -124,6 +124,14 @@ pub(crate) struct BuildArgs {
     /// The platform to build for (one; default: linux/amd64).
     #[arg(long, value_name = "PLATFORM")]
     platform: Option<String>,
+    /// Pull every base image again, even when the local store has the tag.
+    #[arg(long)]
+    pull: bool,
+    /// Push the image to the registry of each `-t` name (`-o type=registry`).
+    #[arg(long)]
+    push: bool,
+    #[command(flatten)]
+    registry: super::pull::RegistryArgs,
     /// Export the build cache: `type=registry,ref=HOST/REPO[,mode=min|max]`, `type=local,dest=DIR[,mode=…]` or `type=inline`.
     #[arg(long = "cache-to", value_name = "SPEC")]
     cache_to: Vec<String>,
@@ -133,6 +141,10 @@ pub(crate) struct BuildArgs {
     /// A registry cache that is both --cache-from and --cache-to (mode=max), e.g. `127.0.0.1:5000/team/cache`.
     #[arg(long = "cache", value_name = "HOST/REPO", env = "BUILDER_CACHE")]
     cache: Option<String>,
+    /// Evaluate the build checks (BuildKit's Dockerfile rules) and print
+    /// what they find instead of building; exit 1 with `# check=error=true`.
+    #[arg(long)]
+    check: bool,
     /// The build context directory.
     context: PathBuf,
 }
@@ -147,6 +159,8 @@ struct Outputs {
     any_output: bool,
     /// Whether an export writes to stdout (then the id is not printed there).
     stdout_taken: bool,
+    /// Names to push to their registries (`--push`, `type=registry`, `push=true`).
+    push: Vec<ImageName>,
 }
 
 pub(crate) fn run(root: &Path, args: BuildArgs) -> anyhow::Result<ExitCode> {
@@ -167,7 +181,37 @@ pub(crate) fn run(root: &Path, args: BuildArgs) -> anyhow::Result<ExitCode> {
         request.layer_compression = c;
     }
 
+    if args.check {
+        return Ok(check_only(&request, &shown));
+    }
+    // A Dockerfile that does not parse gives no report: the build says why.
+    let checks = match run_checks(&request) {
+        Ok(report) => Some(report),
+        Err(frontend::checks::CheckError::Dockerfile(_)) => None,
+        Err(err) => {
+            eprint!("{}", err.render(&shown, &request.dockerfile));
+            return Ok(ExitCode::from(1));
+        }
+    };
+    if let Some(e) = checks.as_ref().and_then(|r| r.error()) {
+        // As BuildKit: `error=true` fails the build before any step runs.
+        let report = checks.as_ref().expect("an error comes from a report");
+        eprint!("{}", report.render(&shown, &request.dockerfile));
+        eprintln!("error: {e}");
+        return Ok(ExitCode::from(1));
+    }
+
     let images = super::images::open(root)?;
+    // Base images the store lacks (all of them with --pull) come from
+    // their registries.
+    solver::enable_registry(solver::RegistryAccess {
+        client: args.registry.client(args.platform.as_deref())?,
+        policy: if args.pull {
+            cache::registry::PullPolicy::Always
+        } else {
+            cache::registry::PullPolicy::Missing
+        },
+    });
     let progress = Renderer::new(mode, Box::new(io::stderr()));
     // Until the result is named: prune must not take its blobs before that.
     let gc_hold = images.store().lock_shared(cache::gc::GC_LOCK)?;
@@ -192,7 +236,7 @@ pub(crate) fn run(root: &Path, args: BuildArgs) -> anyhow::Result<ExitCode> {
         return Err(err);
     }
     report_remote_cache(&progress, &result);
-    print_warnings(&progress, &shown, &result);
+    print_warnings(&progress, &shown, &result, checks.as_ref());
     drop(gc_hold);
     super::prune::auto(images.store(), &progress);
     progress.summary(true);
@@ -239,6 +283,19 @@ fn finish(
                 _ => "stdout".to_owned(),
             };
             progress.detail(step, &format!("exporting {} to {to} done", spec.kind));
+        }
+        if !outputs.push.is_empty() {
+            let client = args.registry.client(None)?;
+            for name in &outputs.push {
+                let reference = cache::registry::parse_reference(&name.full())?;
+                progress.detail(step, &format!("pushing {}", name.full()));
+                let pushed = cache::registry::push(&client, images, &image, &reference)
+                    .with_context(|| format!("cannot push {}", name.full()))?;
+                progress.detail(
+                    step,
+                    &format!("pushing {}: digest: {} done", name.full(), pushed.digest),
+                );
+            }
         }
         Ok(())
     })();
@@ -363,14 +420,79 @@ fn report_remote_cache(progress: &Renderer, result: &BuildResult) {
     }
 }
 
-/// The build's warnings, once, after its steps (none when quiet).
-fn print_warnings(progress: &Renderer, shown: &str, result: &BuildResult) {
+/// The build's warnings, once, after its steps (none when quiet): the
+/// compiler's, then the build checks' findings.
+fn print_warnings(
+    progress: &Renderer,
+    shown: &str,
+    result: &BuildResult,
+    checks: Option<&frontend::checks::CheckReport>,
+) {
     for w in &result.warnings {
         let line = match w.position {
             Some(p) => format!("{shown}:{}:{}: warning: {}", p.line, p.column, w.message),
             None => format!("warning: {}", w.message),
         };
         progress.warning(&line);
+    }
+    for f in checks.iter().flat_map(|r| &r.findings) {
+        // The compiler already warns about these two.
+        if matches!(f.rule, "DuplicateStageName" | "NoEmptyContinuation") {
+            continue;
+        }
+        progress.warning(&format!(
+            "{shown}:{}:{}: warning: {}: {}",
+            f.position.line, f.position.column, f.rule, f.message
+        ));
+    }
+}
+
+/// The build checks for this request (its build args, platform and ignore file).
+fn run_checks(
+    request: &BuildRequest,
+) -> Result<frontend::checks::CheckReport, frontend::checks::CheckError> {
+    let opts = frontend::checks::CheckOptions {
+        build_args: request.options.build_args.clone(),
+        ignore: request.ignore.as_ref(),
+        platform: request.options.platform.clone(),
+        ..Default::default()
+    };
+    frontend::checks::run(&request.dockerfile, &opts)
+}
+
+/// `--check`: the findings on stdout (`PATH:LINE:COL: Rule: message`, the
+/// line, a caret) and a summary, as buildx; errors the build would hit
+/// (compiled without looking up images) on stderr. Exit 1 on an error or
+/// with `error=true` and a finding.
+fn check_only(request: &BuildRequest, shown: &str) -> ExitCode {
+    let report = match run_checks(request) {
+        Ok(report) => report,
+        Err(err) => {
+            eprint!("{}", err.render(shown, &request.dockerfile));
+            return ExitCode::from(1);
+        }
+    };
+    let compiled = frontend::convert::compile(
+        &request.dockerfile,
+        &request.options,
+        &frontend::convert::NoResolver,
+    );
+    if let Err(err) = compiled {
+        eprint!("{}", err.render(shown, &request.dockerfile));
+        return ExitCode::from(1);
+    }
+    print!("{}", report.render(shown, &request.dockerfile));
+    match report.findings.len() {
+        0 => println!("Check complete, no warnings found."),
+        1 => println!("Check complete, 1 warning has been found!"),
+        n => println!("Check complete, {n} warnings have been found!"),
+    }
+    match report.error() {
+        Some(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+        None => ExitCode::SUCCESS,
     }
 }
 
@@ -715,15 +837,21 @@ fn parse_outputs(args: &BuildArgs) -> anyhow::Result<Outputs> {
             .find_map(|p| p.trim().strip_prefix("type="))
             .unwrap_or("");
         match kind {
-            "image" => {
-                for name in image_output_names(o)? {
+            "image" | "registry" => {
+                let (names, push) = image_output_names(o)?;
+                if kind == "registry" && names.is_empty() {
+                    anyhow::bail!("-o {o}: type=registry needs name=REF");
+                }
+                for name in names {
+                    if (push || kind == "registry") && !out.push.contains(&name) {
+                        out.push.push(name.clone());
+                    }
                     if !out.names.contains(&name) {
                         out.names.push(name);
                     }
                 }
                 continue;
             }
-            "registry" => anyhow::bail!("-o {o}: pushing to a registry is not supported yet"),
             "cacheonly" => continue,
             _ => {}
         }
@@ -745,13 +873,24 @@ fn parse_outputs(args: &BuildArgs) -> anyhow::Result<Outputs> {
         }
         out.exports.push(spec);
     }
+    if args.push {
+        if out.names.is_empty() {
+            anyhow::bail!("--push needs a name to push to: give -t REF");
+        }
+        for name in &out.names {
+            if !out.push.contains(name) {
+                out.push.push(name.clone());
+            }
+        }
+    }
     Ok(out)
 }
 
 /// The names of `type=image,name=a,name=b`, or `name="a,b"` as buildx's CSV
 /// quoting allows.
-fn image_output_names(spec: &str) -> anyhow::Result<Vec<ImageName>> {
+fn image_output_names(spec: &str) -> anyhow::Result<(Vec<ImageName>, bool)> {
     let mut names = Vec::new();
+    let mut push = false;
     for field in split_csv(spec) {
         let (key, value) = field
             .split_once('=')
@@ -767,13 +906,14 @@ fn image_output_names(spec: &str) -> anyhow::Result<Vec<ImageName>> {
                 }
             }
             "push" if value == "false" => {}
-            "push" => anyhow::bail!("-o {spec}: pushing to a registry is not supported yet"),
+            "push" if value == "true" => push = true,
+            "push" => anyhow::bail!("-o {spec}: push={value} is neither true nor false"),
             "unpack" | "store" | "compression" | "compression-level" | "force-compression"
             | "oci-mediatypes" => {}
             other => anyhow::bail!("-o {spec}: unknown field {other:?} for type=image"),
         }
     }
-    Ok(names)
+    Ok((names, push))
 }
 
 /// Splits on commas outside double quotes, dropping the quotes, as buildx's
@@ -856,13 +996,15 @@ mod tests {
 
     #[test]
     fn image_outputs_name_images() {
-        let names = image_output_names(r#"type=image,name="app:1,app:2""#).unwrap();
+        let (names, push) = image_output_names(r#"type=image,name="app:1,app:2""#).unwrap();
+        assert!(!push);
         let full: Vec<String> = names.iter().map(|n| n.full()).collect();
         assert_eq!(
             full,
             vec!["docker.io/library/app:1", "docker.io/library/app:2"]
         );
-        assert!(image_output_names("type=image,name=app,push=true").is_err());
+        assert!(image_output_names("type=image,name=app,push=true").unwrap().1);
+        assert!(image_output_names("type=image,name=app,push=maybe").is_err());
         assert!(image_output_names("type=image,bogus=1").is_err());
     }
 }
