@@ -1003,7 +1003,11 @@ mod tests {
             full,
             vec!["docker.io/library/app:1", "docker.io/library/app:2"]
         );
-        assert!(image_output_names("type=image,name=app,push=true").unwrap().1);
+        assert!(
+            image_output_names("type=image,name=app,push=true")
+                .unwrap()
+                .1
+        );
         assert!(image_output_names("type=image,name=app,push=maybe").is_err());
         assert!(image_output_names("type=image,bogus=1").is_err());
     }
