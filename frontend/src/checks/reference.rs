@@ -1,59 +1,15 @@
 //! Whether a base name is a valid image reference (the docker/distribution
 //! grammar that `reference.ParseNormalizedNamed` accepts), for
 //! InvalidDefaultArgInFrom.
-
-use std::sync::OnceLock;
-
-use regex::Regex;
-
-fn grammar() -> &'static Regex {
-    static RE: OnceLock<Regex> = OnceLock::new();
-    RE.get_or_init(|| {
-        let host = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])";
-        let domain = format!(r"(?:{host}(?:\.{host})*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?");
-        let component = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*";
-        let tag = r"[\w][\w.-]{0,127}";
-        let digest = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}";
-        Regex::new(&format!(
-            r"^(?:{domain}/)?{component}(?:/{component})*(?::{tag})?(?:@{digest})?$"
-        ))
-        .expect("valid reference grammar")
-    })
-}
+//!
+//! The workspace's regex-free [`reference::parse`] implements that grammar and
+//! normalisation (a bare 64-hex image id, upper case in the repository, a
+//! normalised name over 255 characters and unsupported or malformed digests
+//! are errors, as in docker).
 
 /// True when `name` parses as a normalized image reference.
 pub(crate) fn is_valid_reference(name: &str) -> bool {
-    if name.is_empty() {
-        return false;
-    }
-    // A bare 64-hex string is an image ID, not a name.
-    if name.len() == 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-    {
-        return false;
-    }
-    // Without a domain, the repository must be lower case; a first
-    // component is a domain only when it has `.` or `:`, is `localhost`,
-    // or has upper case letters.
-    let path_start = match name.split_once('/') {
-        Some((first, _))
-            if first.contains(['.', ':'])
-                || first == "localhost"
-                || first.to_lowercase() != first =>
-        {
-            first.len() + 1
-        }
-        _ => 0,
-    };
-    let repo_end = name[path_start..]
-        .find([':', '@'])
-        .map_or(name.len(), |i| path_start + i);
-    if repo_end > 255 {
-        return false;
-    }
-    grammar().is_match(name)
+    reference::parse(name).is_ok()
 }
 
 #[cfg(test)]
@@ -82,6 +38,9 @@ mod tests {
             "app/",
             "a b",
             "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            // docker checks the digest itself, not only its shape
+            "busybox@sha256:0123456789abcdef0123456789abcdef",
+            "busybox@md5:0123456789abcdef0123456789abcdef",
         ] {
             assert!(!is_valid_reference(bad), "{bad}");
         }
