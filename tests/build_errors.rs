@@ -75,6 +75,15 @@ fn missing_base_image() {
     let err = fails(&t, "FROM busybox\nCOPY --from=other/image:2 /x /x\n", &[]);
     assert!(err.contains("other/image:2"), "{err}");
     assert!(err.contains("not found in the local store"), "{err}");
+    // A registry that cannot be reached is named with the reason.
+    let err = fails(&t, "FROM 127.0.0.1:9/nothing:1\n", &[]);
+    assert!(
+        err.starts_with(
+            "Dockerfile:1:1: image \"127.0.0.1:9/nothing:1\" not found in the local store, and pulling it failed: "
+        ),
+        "{err}"
+    );
+    assert!(err.contains("127.0.0.1:9"), "{err}");
     still_healthy(&t);
 }
 

@@ -39,6 +39,9 @@ pub struct LocalResolver<'a> {
     /// Observations made while resolving (a platform mismatch), for the
     /// build's warnings.
     notes: Mutex<Vec<String>>,
+    /// Why pulling a reference failed, by reference, for the error that
+    /// reports the image missing.
+    pull_failures: Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl<'a> LocalResolver<'a> {
@@ -46,7 +49,17 @@ impl<'a> LocalResolver<'a> {
         Self {
             images,
             notes: Mutex::new(Vec::new()),
+            pull_failures: Mutex::new(std::collections::HashMap::new()),
         }
+    }
+
+    /// Why `reference` could not be pulled, if a pull of it failed.
+    pub fn pull_failure(&self, reference: &str) -> Option<String> {
+        self.pull_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(reference)
+            .cloned()
     }
 
     /// The image `reference` names (a name, `name@digest`, a digest or an
@@ -107,10 +120,15 @@ impl<'a> LocalResolver<'a> {
             Err(err @ (RegistryError::NotFound { .. } | RegistryError::Unreachable { .. }))
                 if access.policy != PullPolicy::Always =>
             {
+                let reason = error_chain(&err);
+                self.pull_failures
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(reference.to_owned(), reason.clone());
                 self.notes
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .push(format!("cannot pull {reference}: {}", error_chain(&err)));
+                    .push(format!("cannot pull {reference}: {reason}"));
                 Ok(None)
             }
             Err(err) => Err(err),

@@ -271,12 +271,15 @@ pub enum BuildError {
     /// [`SourceError::render`] and the Dockerfile's bytes.
     #[error("{0}")]
     Dockerfile(SourceError),
-    #[error(
-        "image {reference:?} not found in the local store (builder load or builder pull it first)"
-    )]
+    #[error("image {reference:?} not found in the local store{}", match pull_error {
+        Some(why) => format!(", and pulling it failed: {why}"),
+        None => " (builder load or builder pull it first)".to_owned(),
+    })]
     ImageNotFound {
         reference: String,
         position: Option<SourcePos>,
+        /// Why pulling it from its registry failed, when that was tried.
+        pull_error: Option<String>,
     },
     /// A RUN command ended with a non-zero status or a signal.
     #[error("process {command:?} did not complete successfully: exit code: {exit_code}{}", reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default())]
@@ -600,6 +603,9 @@ fn resolve_sources(
         let not_found = || BuildError::ImageNotFound {
             reference: op.reference.clone(),
             position: vertex.position.or_else(|| first_use(graph, needed, id)),
+            pull_error: resolver
+                .pull_failure(op.normalized.as_deref().unwrap_or(&op.reference))
+                .or_else(|| resolver.pull_failure(&op.reference)),
         };
         let digest = match op.digest.as_deref().and_then(parse_digest) {
             Some(digest) => digest,

@@ -510,6 +510,7 @@ fn missing_base_image_is_named_with_its_position() {
     let BuildError::ImageNotFound {
         ref reference,
         position,
+        ..
     } = err
     else {
         panic!("{err:?}");
@@ -533,7 +534,7 @@ fn missing_base_image_is_named_with_its_position() {
         .build("FROM busybox:test\nCOPY --from=other:2 /x /x\n")
         .unwrap_err();
     assert!(
-        matches!(&err, BuildError::ImageNotFound { reference, position: Some(p) } if reference == "other:2" && p.line == 2),
+        matches!(&err, BuildError::ImageNotFound { reference, position: Some(p), .. } if reference == "other:2" && p.line == 2),
         "{err:?}"
     );
     f.assert_clean();

@@ -19,6 +19,7 @@ impl Operation for SourceOp {
             return Err(BuildError::ImageNotFound {
                 reference: self.reference.clone(),
                 position: cx.vertex.position,
+                pull_error: None,
             });
         };
         let image_error = |source| {
