@@ -26,6 +26,8 @@ mod sources;
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use oci_spec::distribution::Reference;
 
@@ -140,6 +142,64 @@ impl RegistryError {
 
 pub(crate) fn is_retry_status(status: u16) -> bool {
     matches!(status, 408 | 429 | 500 | 502 | 503 | 504)
+}
+
+/// Runs `f` on every item with up to `client.opts.jobs` (1 to 16) at once;
+/// the first error stops the rest. The results are in the order of `items`.
+pub(crate) fn for_each_parallel<I: Sync, T: Send>(
+    client: &Client,
+    items: &[I],
+    f: impl Fn(&I) -> Result<T, RegistryError> + Sync,
+) -> Result<Vec<T>, RegistryError> {
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let results: Mutex<Vec<Option<T>>> = Mutex::new(items.iter().map(|_| None).collect());
+    let error: Mutex<Option<RegistryError>> = Mutex::new(None);
+    let workers = client.opts.jobs.clamp(1, 16).min(items.len().max(1));
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                while !failed.load(Ordering::Relaxed) {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(item) = items.get(i) else { break };
+                    match f(item) {
+                        Ok(t) => results.lock().unwrap()[i] = Some(t),
+                        Err(e) => {
+                            failed.store(true, Ordering::Relaxed);
+                            error.lock().unwrap().get_or_insert(e);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = error.into_inner().unwrap() {
+        return Err(e);
+    }
+    Ok(results
+        .into_inner()
+        .unwrap()
+        .into_iter()
+        .map(|t| t.expect("every item ran"))
+        .collect())
+}
+
+/// `transfer()`, started over while it breaks off midway
+/// ([`RegistryError::is_transient`]), at most `client.opts.retries` times.
+pub(crate) fn retry_transient<T>(
+    client: &Client,
+    mut transfer: impl FnMut() -> Result<T, RegistryError>,
+) -> Result<T, RegistryError> {
+    let mut attempt = 0;
+    loop {
+        match transfer() {
+            Err(e) if e.is_transient() && attempt < client.opts.retries => {
+                client.pause(attempt);
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Parses and normalises a reference as docker does: `alpine` is

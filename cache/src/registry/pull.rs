@@ -10,8 +10,6 @@
 //! whoever runs the image unpacks layers on first use, as for loaded images.
 
 use std::io::Read;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use oci_spec::distribution::Reference;
 use serde::Deserialize;
@@ -432,34 +430,10 @@ pub(crate) fn fetch_blobs(
     blobs: &[BlobRef],
     scopes: &[String],
 ) -> Result<u64, RegistryError> {
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let total = AtomicU64::new(0);
-    let error: Mutex<Option<RegistryError>> = Mutex::new(None);
-    let workers = client.opts.jobs.clamp(1, 16).min(blobs.len().max(1));
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| {
-                while !failed.load(Ordering::Relaxed) {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(blob) = blobs.get(i) else { break };
-                    match fetch_blob(client, ep, repo, store, blob, scopes) {
-                        Ok(n) => {
-                            total.fetch_add(n, Ordering::Relaxed);
-                        }
-                        Err(e) => {
-                            failed.store(true, Ordering::Relaxed);
-                            error.lock().unwrap().get_or_insert(e);
-                        }
-                    }
-                }
-            });
-        }
-    });
-    match error.into_inner().unwrap() {
-        Some(e) => Err(e),
-        None => Ok(total.into_inner()),
-    }
+    let sizes = super::for_each_parallel(client, blobs, |blob| {
+        fetch_blob(client, ep, repo, store, blob, scopes)
+    })?;
+    Ok(sizes.into_iter().sum())
 }
 
 /// One blob into the store, verified; retried when the transfer breaks.
@@ -471,16 +445,9 @@ fn fetch_blob(
     blob: &BlobRef,
     scopes: &[String],
 ) -> Result<u64, RegistryError> {
-    let mut attempt = 0;
-    loop {
-        match fetch_blob_once(client, ep, repo, store, blob, scopes) {
-            Err(e) if e.is_transient() && attempt < client.opts.retries => {
-                client.pause(attempt);
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
+    super::retry_transient(client, || {
+        fetch_blob_once(client, ep, repo, store, blob, scopes)
+    })
 }
 
 fn fetch_blob_once(

@@ -11,9 +11,6 @@
 //! one. Several images pushed together share blobs through the same checks:
 //! a blob uploaded for the first is found (or mounted) for the next.
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-
 use oci_spec::distribution::Reference;
 
 use super::client::{Client, Endpoint, Req, ReqBody, check, header};
@@ -133,37 +130,9 @@ pub(crate) fn push_blobs(
     store: &Store,
     blobs: &[BlobRef],
 ) -> Result<Vec<BlobOutcome>, RegistryError> {
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let results: Mutex<Vec<Option<BlobOutcome>>> = Mutex::new(vec![None; blobs.len()]);
-    let error: Mutex<Option<RegistryError>> = Mutex::new(None);
-    let workers = client.opts.jobs.clamp(1, 16).min(blobs.len().max(1));
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| {
-                while !failed.load(Ordering::Relaxed) {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(blob) = blobs.get(i) else { break };
-                    match push_blob(client, ep, repo, store, blob) {
-                        Ok(o) => results.lock().unwrap()[i] = Some(o),
-                        Err(e) => {
-                            failed.store(true, Ordering::Relaxed);
-                            error.lock().unwrap().get_or_insert(e);
-                        }
-                    }
-                }
-            });
-        }
-    });
-    if let Some(e) = error.into_inner().unwrap() {
-        return Err(e);
-    }
-    Ok(results
-        .into_inner()
-        .unwrap()
-        .into_iter()
-        .map(|o| o.expect("every blob was pushed"))
-        .collect())
+    super::for_each_parallel(client, blobs, |blob| {
+        push_blob(client, ep, repo, store, blob)
+    })
 }
 
 fn push_blob(
@@ -173,20 +142,9 @@ fn push_blob(
     store: &Store,
     blob: &BlobRef,
 ) -> Result<BlobOutcome, RegistryError> {
-    let mut attempt = 0;
-    loop {
-        match push_blob_once(client, ep, repo, store, blob) {
-            Err(e) if e.is_transient() && attempt < client.opts.retries => {
-                client.pause(attempt);
-                attempt += 1;
-            }
-            Ok(outcome) => {
-                sources::record(store, &blob.digest, &ep.registry, repo);
-                return Ok(outcome);
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    let outcome = super::retry_transient(client, || push_blob_once(client, ep, repo, store, blob))?;
+    sources::record(store, &blob.digest, &ep.registry, repo);
+    Ok(outcome)
 }
 
 fn push_blob_once(
