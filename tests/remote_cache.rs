@@ -1,5 +1,6 @@
 //! The remote build cache end to end, as root: two `--root` directories
-//! stand for two machines with the same locally made busybox base. Machine
+//! stand for two machines with empty roots that pull the same busybox base
+//! from a local `docker-registry` (the other tests make it locally). Machine
 //! A builds a multi-stage Dockerfile with `--cache-to`; machine B, with an
 //! empty cache, builds the same Dockerfile with `--cache-from` and runs no
 //! step (read from its `--progress=json` events), giving the same image
@@ -65,13 +66,51 @@ struct Machine {
 fn machine() -> Machine {
     let t = TestRoot::new();
     let base = t.busybox_image("busybox", json!({"Cmd": ["sh"]}));
-    let ctx = t.context(&[
-        ("Dockerfile", DOCKERFILE),
+    let ctx = context(&t, DOCKERFILE);
+    Machine { t, ctx, base }
+}
+
+/// A registry holding the busybox base image that machines pull, as a
+/// team's machines pull their bases.
+struct PublishedBase {
+    _registry: Registry,
+    reference: String,
+    digest: cache::Digest,
+}
+
+fn published_base() -> PublishedBase {
+    let registry = Registry::plain();
+    let publisher = TestRoot::new();
+    let digest = publisher.busybox_image("busybox", json!({"Cmd": ["sh"]}));
+    let reference = format!("{}/base/busybox:1", registry.host());
+    publisher.ok(&["push", "busybox", &reference]);
+    PublishedBase {
+        _registry: registry,
+        reference,
+        digest,
+    }
+}
+
+/// A machine with an empty root whose Dockerfile pulls `base` (the build
+/// pulls it from the registry).
+fn pulling_machine(base: &PublishedBase) -> Machine {
+    let t = TestRoot::new();
+    let dockerfile = DOCKERFILE.replace("FROM busybox", &format!("FROM {}", base.reference));
+    let ctx = context(&t, &dockerfile);
+    Machine {
+        t,
+        ctx,
+        base: base.digest,
+    }
+}
+
+fn context(t: &TestRoot, dockerfile: &str) -> std::path::PathBuf {
+    t.context(&[
+        ("Dockerfile", dockerfile),
         ("lib.txt", "lib\n"),
         ("main.txt", "main v1\n"),
         ("static.txt", "static\n"),
-    ]);
-    Machine { t, ctx, base }
+    ])
 }
 
 /// `build --progress=json ARGS` with `SOURCE_DATE_EPOCH` and `envs`; the
@@ -134,8 +173,15 @@ fn assert_ran(events: &Events, ran: &[&str], what: &str) {
 /// The acceptance scenario over one backend: `to`/`from` are the flags of
 /// A and B, `envs` extra environment of both.
 fn two_machines(to: &[&str], from: &[&str], envs: &[(&str, &str)], remote_name: &str) {
-    let a = machine();
-    let b = machine();
+    // Both machines pull their base image from a local registry (made
+    // locally in each root where docker-registry is missing, outside CI).
+    let base = registry_available().then(published_base);
+    let new_machine = || match &base {
+        Some(base) => pulling_machine(base),
+        None => machine(),
+    };
+    let a = new_machine();
+    let b = new_machine();
     assert_eq!(a.base, b.base, "both machines have the same base image");
 
     let (cold, digest_a, _) = build(&a, to, envs);
@@ -165,7 +211,7 @@ fn two_machines(to: &[&str], from: &[&str], envs: &[(&str, &str)], remote_name: 
     // One source file changed, on a machine with an empty cache: only its
     // dependents run, the build stage's first steps come from the remote
     // cache (mode=max).
-    let c = machine();
+    let c = new_machine();
     fs::write(c.ctx.join("main.txt"), "main v2\n").unwrap();
     let (changed, _, _) = build(&c, from, envs);
     assert_ran(&changed, &AFTER_MAIN, "fresh machine, main.txt changed");
