@@ -49,16 +49,10 @@ pub struct ImportOptions {
 impl Default for ImportOptions {
     /// The platform of this machine, in Go's names (`linux/amd64`).
     fn default() -> Self {
-        let architecture = match std::env::consts::ARCH {
-            "x86_64" => "amd64",
-            "aarch64" => "arm64",
-            "x86" => "386",
-            "powerpc64" => "ppc64le",
-            other => other,
-        };
+        let here = crate::registry::Platform::default();
         ImportOptions {
-            os: "linux".into(),
-            architecture: architecture.into(),
+            os: here.os,
+            architecture: here.architecture,
         }
     }
 }
