@@ -25,11 +25,13 @@ use std::sync::{Arc, OnceLock};
 
 use oci_spec::distribution::Reference;
 use serde::{Deserialize, Serialize};
+use ureq::Body;
+use ureq::http::Response;
 
 use crate::digest::Digest;
 use crate::images::{BlobRef, MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST};
 use crate::keys::{CacheRecord, RecordLayer};
-use crate::registry::client::{Req, ReqBody, check, header};
+use crate::registry::client::{Endpoint, Req, ReqBody, check, header};
 use crate::registry::credentials::Credentials;
 use crate::registry::{Client, RegistryError, RegistryOptions, parse_reference};
 use crate::store::{Store, StoreError};
@@ -418,58 +420,55 @@ impl RegistryCache {
         vec![format!("repository:{}:{action}", self.repository)]
     }
 
-    /// The manifest under `tag`, `None` when there is none.
-    fn get_manifest(&self, tag: &str) -> Result<Option<Vec<u8>>, RegistryError> {
-        let ep = self.client.endpoint(&self.registry);
+    /// HEADs the manifest under `tag` with the scope of a pull or a push:
+    /// `None` when there is none, else the checked answer.
+    fn head_manifest(
+        &self,
+        ep: &Endpoint,
+        tag: &str,
+        push: bool,
+    ) -> Result<Option<Response<Body>>, RegistryError> {
         let repo = &self.repository;
-        let scopes = self.scopes(false);
+        let scopes = self.scopes(push);
         let head = Req::new(
             "HEAD",
             ep.url(&format!("/v2/{repo}/manifests/{tag}")),
             &scopes,
         )
         .header("accept", MEDIA_TYPE_OCI_MANIFEST);
-        let resp = self.client.send(&ep, &head)?;
+        let resp = self.client.send(ep, &head)?;
         if resp.status().as_u16() == 404 {
             return Ok(None);
         }
-        check(
-            resp,
-            &ep,
-            &head,
-            || format!("manifest {repo}:{tag}"),
-            "pull",
-        )?;
+        let action = if push { "push" } else { "pull" };
+        check(resp, ep, &head, || format!("manifest {repo}:{tag}"), action).map(Some)
+    }
+
+    /// The manifest under `tag`, `None` when there is none.
+    fn get_manifest(&self, tag: &str) -> Result<Option<Vec<u8>>, RegistryError> {
+        let ep = self.client.endpoint(&self.registry);
+        if self.head_manifest(&ep, tag, false)?.is_none() {
+            return Ok(None);
+        }
         let sep = if tag.contains(':') { '@' } else { ':' };
-        let parsed = parse_reference(&format!("{}/{repo}{sep}{tag}", self.registry))?;
-        let (bytes, _, _) =
-            crate::registry::pull::fetch_manifest(&self.client, &ep, &parsed, tag, None, &scopes)?;
+        let parsed = parse_reference(&format!("{}/{}{sep}{tag}", self.registry, self.repository))?;
+        let (bytes, _, _) = crate::registry::pull::fetch_manifest(
+            &self.client,
+            &ep,
+            &parsed,
+            tag,
+            None,
+            &self.scopes(false),
+        )?;
         Ok(Some(bytes))
     }
 
     /// The digest of the manifest under `tag`, if any (one HEAD).
     fn manifest_digest(&self, tag: &str) -> Result<Option<Digest>, RegistryError> {
         let ep = self.client.endpoint(&self.registry);
-        let repo = &self.repository;
-        let scopes = self.scopes(true);
-        let head = Req::new(
-            "HEAD",
-            ep.url(&format!("/v2/{repo}/manifests/{tag}")),
-            &scopes,
-        )
-        .header("accept", MEDIA_TYPE_OCI_MANIFEST);
-        let resp = self.client.send(&ep, &head)?;
-        if resp.status().as_u16() == 404 {
-            return Ok(None);
-        }
-        let resp = check(
-            resp,
-            &ep,
-            &head,
-            || format!("manifest {repo}:{tag}"),
-            "push",
-        )?;
-        Ok(header(&resp, "docker-content-digest").and_then(|d| d.parse().ok()))
+        Ok(self
+            .head_manifest(&ep, tag, true)?
+            .and_then(|resp| header(&resp, "docker-content-digest").and_then(|d| d.parse().ok())))
     }
 
     /// The records an image's inline cache metadata describes (none when
