@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::reference::is_valid_reference;
 use super::{CheckConfig, CheckOptions, Finding, rule};
+use crate::convert::platform_args;
 use crate::error::{Position, SourceError};
 use crate::instructions::{
     self, Command, Instruction, KeyValues, Locator, SourceArg, Stage, suggest,
@@ -132,19 +133,7 @@ pub(super) fn evaluate(
         .clone()
         .unwrap_or_else(|| opts.build_platform.clone());
     let build = &opts.build_platform;
-    let mut global: Vec<(String, String)> = [
-        ("BUILDPLATFORM", build.to_string()),
-        ("BUILDOS", build.os.clone()),
-        ("BUILDARCH", build.architecture.clone()),
-        ("BUILDVARIANT", build.variant_str().to_string()),
-        ("TARGETPLATFORM", target.to_string()),
-        ("TARGETOS", target.os.clone()),
-        ("TARGETARCH", target.architecture.clone()),
-        ("TARGETVARIANT", target.variant_str().to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), opts.build_args.get(k).cloned().unwrap_or(v)))
-    .collect();
+    let mut global = platform_args(&opts.build_args, &target, build);
     let mut defaults = global.clone();
     let mut global_declared: BTreeSet<String> = BTreeSet::new();
     for cmd in &df.meta_args {

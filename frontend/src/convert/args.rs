@@ -74,6 +74,36 @@ pub(crate) struct GlobalArgs {
     pub(crate) declared: BTreeSet<String>,
 }
 
+/// The predefined platform args (`BUILDPLATFORM` … `TARGETVARIANT`) of
+/// `build` and `target`; an explicit build arg overrides the derived value.
+pub(crate) fn platform_args(
+    build_args: &BTreeMap<String, String>,
+    target: &Platform,
+    build: &Platform,
+) -> Vec<(String, String)> {
+    [
+        ("BUILDPLATFORM", build.to_string()),
+        ("BUILDOS", build.os.clone()),
+        ("BUILDARCH", build.architecture.clone()),
+        ("BUILDVARIANT", build.variant_str().to_string()),
+        ("TARGETPLATFORM", target.to_string()),
+        ("TARGETOS", target.os.clone()),
+        ("TARGETARCH", target.architecture.clone()),
+        ("TARGETVARIANT", target.variant_str().to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| arg_or(build_args, k, v))
+    .collect()
+}
+
+/// `key` with its build arg's value if one was given, else `derived`.
+fn arg_or(build_args: &BTreeMap<String, String>, key: &str, derived: String) -> (String, String) {
+    (
+        key.to_string(),
+        build_args.get(key).cloned().unwrap_or(derived),
+    )
+}
+
 impl GlobalArgs {
     /// The predefined args; an explicit build arg overrides the derived value.
     pub(crate) fn predefined(
@@ -82,21 +112,8 @@ impl GlobalArgs {
         build: &Platform,
         target_stage: &str,
     ) -> Self {
-        let derived = [
-            ("BUILDPLATFORM", build.to_string()),
-            ("BUILDOS", build.os.clone()),
-            ("BUILDARCH", build.architecture.clone()),
-            ("BUILDVARIANT", build.variant_str().to_string()),
-            ("TARGETPLATFORM", target.to_string()),
-            ("TARGETOS", target.os.clone()),
-            ("TARGETARCH", target.architecture.clone()),
-            ("TARGETVARIANT", target.variant_str().to_string()),
-            ("TARGETSTAGE", target_stage.to_string()),
-        ];
-        let env = derived
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), build_args.get(k).cloned().unwrap_or(v)))
-            .collect();
+        let mut env = platform_args(build_args, target, build);
+        env.push(arg_or(build_args, "TARGETSTAGE", target_stage.to_string()));
         Self {
             env,
             declared: BTreeSet::new(),

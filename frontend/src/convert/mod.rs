@@ -22,6 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
+pub(crate) use self::args::platform_args;
 pub use self::image::{ContainerConfig, Empty, HealthConfig, History, ImageConfig, RootFs};
 pub use self::platform::{Platform, PlatformError};
 use crate::error::{Position, SourceError};
