@@ -82,6 +82,10 @@ pub struct BuildRequest {
     /// its leading layers are the results of (see
     /// [`cache::remote_cache::INLINE_ANNOTATION`]).
     pub cache_inline: bool,
+    /// `--shm-size` in bytes; `None` is docker's 64 MiB.
+    pub shm_size: Option<u64>,
+    /// `--ulimit`s of every RUN step.
+    pub ulimits: Vec<crate::sandbox::Ulimit>,
 }
 
 /// One `--secret id=ID,src=PATH|env=VAR`.

@@ -62,6 +62,10 @@ impl Operation for ExecOp {
         spec.extra_hosts = cx.request.extra_hosts.clone();
         spec.privileged = privileged;
         spec.mounts = mounts.mounts.clone();
+        if let Some(size) = cx.request.shm_size {
+            spec.shm_size = size;
+        }
+        spec.rlimits = cx.request.ulimits.clone();
         spec.files = self
             .files
             .iter()

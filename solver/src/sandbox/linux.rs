@@ -48,7 +48,7 @@ use super::stubs::{self, PreparedMounts};
 use super::user::{self, ResolvedUser};
 use super::{
     CancelHandle, Executor, Input, NetworkMode, Output, RunOutcome, RunSpec, SandboxError, StepIo,
-    Termination,
+    Termination, Ulimit,
 };
 
 /// DNS servers when the host has no usable `/etc/resolv.conf`; docker's
@@ -231,6 +231,7 @@ impl Executor for LinuxExecutor {
             files: &spec.files,
             privileged: spec.privileged,
             mounts: &prepared.mounts,
+            shm_size: spec.shm_size,
         })
         .map_err(|_| invalid("a path contains a nul byte"))?;
         let command = Command::new(spec, &user)?;
@@ -260,6 +261,7 @@ impl Executor for LinuxExecutor {
             drop_caps: &drop_caps,
             cap_mask: caps.mask(),
             groups: &groups,
+            rlimits: &spec.rlimits,
             uid: user.uid,
             gid: user.gid,
             command: &command,
@@ -1129,6 +1131,7 @@ const STEP_CAPSET: u32 = STEP_DEATH_SIGNAL + 8;
 const STEP_STDIO: u32 = STEP_DEATH_SIGNAL + 9;
 const STEP_CLOSE_FDS: u32 = STEP_DEATH_SIGNAL + 10;
 const STEP_EXEC: u32 = STEP_DEATH_SIGNAL + 11;
+const STEP_RLIMIT: u32 = STEP_DEATH_SIGNAL + 12;
 
 fn describe_step(step: u32, ops: &[Op], root: &Path) -> String {
     if let Some(op) = ops.get(step as usize) {
@@ -1146,6 +1149,7 @@ fn describe_step(step: u32, ops: &[Op], root: &Path) -> String {
         STEP_CAPSET => "set capabilities",
         STEP_STDIO => "set up standard streams",
         STEP_CLOSE_FDS => "close inherited file descriptors",
+        STEP_RLIMIT => "set resource limits (--ulimit)",
         _ => "unknown step",
     }
     .to_owned()
@@ -1164,6 +1168,8 @@ struct ChildContext<'a> {
     /// The effective and permitted set the command gets.
     cap_mask: u64,
     groups: &'a [libc::gid_t],
+    /// `--ulimit`s, set before capabilities are dropped.
+    rlimits: &'a [Ulimit],
     uid: u32,
     gid: u32,
     command: &'a Command,
@@ -1289,6 +1295,14 @@ fn child_main(child: &ChildContext<'_>) -> ! {
         if let Err(errno) = run_op(child, op) {
             fail(child, index as u32, errno);
         }
+    }
+    // Raising a hard limit needs CAP_SYS_RESOURCE, which may go below.
+    for limit in child.rlimits {
+        check(
+            child,
+            STEP_RLIMIT,
+            sys::setrlimit(limit.resource, limit.soft, limit.hard),
+        );
     }
     set_credentials(child);
     set_stdio(child);
@@ -1628,6 +1642,29 @@ mod sys {
 
     // Raw syscalls: glibc's wrappers would try to apply the change to every
     // thread of the parent, which this process does not have.
+
+    /// `prlimit64` on this process.
+    pub(super) fn setrlimit(resource: u32, soft: u64, hard: u64) -> Result {
+        #[repr(C)]
+        struct Rlimit64 {
+            cur: u64,
+            max: u64,
+        }
+        let limit = Rlimit64 {
+            cur: soft,
+            max: hard,
+        };
+        // SAFETY: pid 0 is this process; a valid new limit and no old one.
+        check(unsafe {
+            libc::syscall(
+                libc::SYS_prlimit64,
+                0 as libc::pid_t,
+                resource as libc::c_uint,
+                &limit as *const Rlimit64,
+                std::ptr::null_mut::<Rlimit64>(),
+            )
+        })
+    }
 
     pub(super) fn setgroups(groups: &[libc::gid_t]) -> Result {
         // SAFETY: pointer and length of a gid array.

@@ -128,6 +128,121 @@ pub struct RunSpec {
     /// visible through a per-step stub layer, so it never reaches the
     /// upperdir.
     pub mounts: Vec<StepMount>,
+    /// Size of the step's `/dev/shm` tmpfs in bytes (`--shm-size`);
+    /// [`DEFAULT_SHM_SIZE`] as docker.
+    pub shm_size: u64,
+    /// Resource limits set just before `execve` (`--ulimit`); the others
+    /// are inherited from builder.
+    pub rlimits: Vec<Ulimit>,
+}
+
+/// docker's default size of `/dev/shm`: 64 MiB.
+pub const DEFAULT_SHM_SIZE: u64 = 64 << 20;
+
+/// One `--ulimit TYPE=SOFT[:HARD]`, as docker parses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ulimit {
+    /// The `RLIMIT_*` resource.
+    pub resource: u32,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// docker's `--ulimit` names and their resources.
+const ULIMIT_NAMES: &[(&str, u32)] = &[
+    ("core", libc::RLIMIT_CORE as u32),
+    ("cpu", libc::RLIMIT_CPU as u32),
+    ("data", libc::RLIMIT_DATA as u32),
+    ("fsize", libc::RLIMIT_FSIZE as u32),
+    ("locks", libc::RLIMIT_LOCKS as u32),
+    ("memlock", libc::RLIMIT_MEMLOCK as u32),
+    ("msgqueue", libc::RLIMIT_MSGQUEUE as u32),
+    ("nice", libc::RLIMIT_NICE as u32),
+    ("nofile", libc::RLIMIT_NOFILE as u32),
+    ("nproc", libc::RLIMIT_NPROC as u32),
+    ("rss", libc::RLIMIT_RSS as u32),
+    ("rtprio", libc::RLIMIT_RTPRIO as u32),
+    ("rttime", libc::RLIMIT_RTTIME as u32),
+    ("sigpending", libc::RLIMIT_SIGPENDING as u32),
+    ("stack", libc::RLIMIT_STACK as u32),
+    ("as", libc::RLIMIT_AS as u32),
+];
+
+impl std::str::FromStr for Ulimit {
+    type Err = String;
+
+    /// `TYPE=SOFT[:HARD]`; `-1` means unlimited; without HARD it is SOFT.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, values) = s
+            .split_once('=')
+            .ok_or_else(|| format!("invalid ulimit {s:?}: expected TYPE=SOFT[:HARD]"))?;
+        let resource = ULIMIT_NAMES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, r)| *r)
+            .ok_or_else(|| {
+                let names: Vec<&str> = ULIMIT_NAMES.iter().map(|(n, _)| *n).collect();
+                format!(
+                    "invalid ulimit type {name:?}: expected one of {}",
+                    names.join(", ")
+                )
+            })?;
+        let value = |v: &str| -> Result<u64, String> {
+            match v.parse::<i64>() {
+                Ok(-1) => Ok(libc::RLIM_INFINITY),
+                Ok(n) if n >= 0 => Ok(n as u64),
+                _ => Err(format!(
+                    "invalid ulimit {s:?}: {v:?} is not a number (or -1 for unlimited)"
+                )),
+            }
+        };
+        let (soft, hard) = match values.split_once(':') {
+            Some((soft, hard)) => (value(soft)?, value(hard)?),
+            None => {
+                let v = value(values)?;
+                (v, v)
+            }
+        };
+        if soft > hard {
+            return Err(format!(
+                "invalid ulimit {s:?}: soft limit {soft} is greater than hard limit {hard}"
+            ));
+        }
+        Ok(Ulimit {
+            resource,
+            soft,
+            hard,
+        })
+    }
+}
+
+/// Parses a docker size (`--shm-size`): bytes, or a number with `b`, `k`,
+/// `m` or `g` (powers of 1024, case-insensitive, an optional trailing `b`).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let lower = s.trim().to_ascii_lowercase();
+    let digits_end = lower
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(lower.len());
+    let (number, unit) = lower.split_at(digits_end);
+    let shift = match unit {
+        "" | "b" => 0,
+        "k" | "kb" => 10,
+        "m" | "mb" => 20,
+        "g" | "gb" => 30,
+        _ => {
+            return Err(format!(
+                "invalid size {s:?}: expected e.g. 64m, 1g or bytes"
+            ));
+        }
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: expected e.g. 64m, 1g or bytes"))?;
+    if n == 0 {
+        return Err(format!("invalid size {s:?}: must be greater than 0"));
+    }
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("invalid size {s:?}: too large"))
 }
 
 /// One `RUN --mount` as the sandbox sees it: what to mount where.
@@ -258,6 +373,8 @@ impl std::fmt::Debug for RunSpec {
             .field("privileged", &self.privileged)
             .field("files", &self.files)
             .field("mounts", &self.mounts)
+            .field("shm_size", &self.shm_size)
+            .field("rlimits", &self.rlimits)
             .finish()
     }
 }
@@ -278,6 +395,8 @@ impl RunSpec {
             privileged: false,
             files: Vec::new(),
             mounts: Vec::new(),
+            shm_size: DEFAULT_SHM_SIZE,
+            rlimits: Vec::new(),
         }
     }
 }
@@ -679,5 +798,46 @@ mod tests {
                 (2, Signal::SIGKILL)
             ]
         );
+    }
+
+    #[test]
+    fn ulimit_parses_docker_syntax() {
+        let nofile: Ulimit = "nofile=1024:2048".parse().unwrap();
+        assert_eq!(
+            nofile,
+            Ulimit {
+                resource: libc::RLIMIT_NOFILE as u32,
+                soft: 1024,
+                hard: 2048
+            }
+        );
+        let core: Ulimit = "core=-1".parse().unwrap();
+        assert_eq!(
+            (core.soft, core.hard),
+            (libc::RLIM_INFINITY, libc::RLIM_INFINITY)
+        );
+        let err = "nofile=2048:1024".parse::<Ulimit>().unwrap_err();
+        assert!(
+            err.contains("soft limit 2048 is greater than hard limit 1024"),
+            "{err}"
+        );
+        let err = "files=1".parse::<Ulimit>().unwrap_err();
+        assert!(
+            err.contains("invalid ulimit type \"files\"") && err.contains("nofile"),
+            "{err}"
+        );
+        assert!("nofile".parse::<Ulimit>().is_err());
+        assert!("nofile=abc".parse::<Ulimit>().is_err());
+    }
+
+    #[test]
+    fn sizes_parse_as_docker_does() {
+        assert_eq!(parse_size("128m"), Ok(128 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("512kb"), Ok(512 << 10));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("12x").is_err());
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("m").is_err());
     }
 }

@@ -384,6 +384,8 @@ pub(crate) struct PlanInput<'a> {
     pub(crate) privileged: bool,
     /// `RUN --mount`s, parents before the mounts inside them.
     pub(crate) mounts: &'a [PlannedMount],
+    /// Size of the `/dev/shm` tmpfs in bytes.
+    pub(crate) shm_size: u64,
 }
 
 /// Where the overlay is attached in the child, for `mountpoint`.
@@ -462,7 +464,7 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> Result<Vec<Op>, NulError> {
         target: at("dev/shm")?,
         fstype: string("tmpfs")?,
         flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-        data: Some(string("mode=1777,size=65536k")?),
+        data: Some(string(&format!("mode=1777,size={}", input.shm_size))?),
     });
     // Directories the /dev tmpfs already has at this point.
     let mut dev_dirs: Vec<String> = vec!["dev/pts".into(), "dev/shm".into()];
@@ -695,6 +697,7 @@ mod tests {
             files: &[],
             privileged,
             mounts: &[],
+            shm_size: crate::sandbox::DEFAULT_SHM_SIZE,
         };
         let count = |privileged| {
             plan(&input(privileged))
@@ -737,6 +740,7 @@ mod tests {
             files: &files,
             privileged: false,
             mounts: &[],
+            shm_size: crate::sandbox::DEFAULT_SHM_SIZE,
         };
         let ops = plan(&input).unwrap();
         let root = root_of(Path::new("/m"));
@@ -817,6 +821,7 @@ mod tests {
             files: &[],
             privileged: false,
             mounts: &mounts,
+            shm_size: crate::sandbox::DEFAULT_SHM_SIZE,
         };
         let ops = plan(&input).unwrap();
         let root = root_of(Path::new("/m"));
@@ -884,6 +889,7 @@ mod tests {
             files: &[],
             privileged: false,
             mounts: &[],
+            shm_size: crate::sandbox::DEFAULT_SHM_SIZE,
         };
         let ops = plan(&input).unwrap();
         assert!(matches!(ops[0], Op::MakeRootPrivate));
