@@ -547,8 +547,8 @@ fn input_key<'k>(input: Option<&VertexId>, keys: &'k [Option<VertexKey>]) -> Opt
     keys[*input?].as_ref()
 }
 
-/// Only the main build context is read by the ops today; a named context
-/// fails its step, so it needs no key.
+/// Only the main build context is hashed by content; a step reading a named
+/// context (`--build-context NAME=DIR`) gets no key and always runs.
 fn is_main_context(graph: &BuildGraph, id: VertexId) -> bool {
     matches!(&graph.vertex(id).op, Op::Context(c) if c.name == "context")
 }

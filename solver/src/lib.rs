@@ -19,6 +19,6 @@ pub mod solve;
 
 pub use resolver::{LocalResolver, RegistryAccess, enable_registry};
 pub use solve::{
-    BuildError, BuildRequest, BuildResult, BuildStats, LogStream, NoProgress, Progress,
-    ProgressEvent, SecretSource, SecretSpec, SshSpec, StepError, build, build_with,
+    BuildError, BuildRequest, BuildResult, BuildStats, LogStream, NamedContextDir, NoProgress,
+    Progress, ProgressEvent, SecretSource, SecretSpec, SshSpec, StepError, build, build_with,
 };

@@ -10,10 +10,10 @@
 //! result's config and manifest are stored as blobs but not tagged: naming
 //! and exporting are the caller's.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -82,10 +82,21 @@ pub struct BuildRequest {
     /// its leading layers are the results of (see
     /// [`cache::remote_cache::INLINE_ANNOTATION`]).
     pub cache_inline: bool,
+    /// `--build-context NAME=DIR`: the local directories given by name (the
+    /// compile options' `named_contexts` say `Local` for them).
+    pub named_contexts: BTreeMap<String, NamedContextDir>,
     /// `--shm-size` in bytes; `None` is docker's 64 MiB.
     pub shm_size: Option<u64>,
     /// `--ulimit`s of every RUN step.
     pub ulimits: Vec<crate::sandbox::Ulimit>,
+}
+
+/// A named local context: its directory and that directory's
+/// `.dockerignore`.
+#[derive(Debug, Clone, Default)]
+pub struct NamedContextDir {
+    pub dir: PathBuf,
+    pub ignore: Option<PatternMatcher>,
 }
 
 /// One `--secret id=ID,src=PATH|env=VAR`.
@@ -112,6 +123,17 @@ pub struct SshSpec {
 }
 
 impl BuildRequest {
+    /// The directory and ignore file of the local context `name` (`context`
+    /// is the main one).
+    pub fn local_context(&self, name: &str) -> Option<(&Path, Option<&PatternMatcher>)> {
+        if name == "context" {
+            return Some((&self.context_dir, self.ignore.as_ref()));
+        }
+        self.named_contexts
+            .get(name)
+            .map(|c| (c.dir.as_path(), c.ignore.as_ref()))
+    }
+
     /// A request with default options (last stage, gzip layers, no
     /// `.dockerignore`).
     pub fn new(

@@ -22,12 +22,14 @@ use cache::archive::{AtomicFile, ExportImage, ExportKind, ExportSpec};
 use cache::compression::{Compression, CompressionOptions};
 use cache::images::{Image, ImageName, ImageStore, ParsedManifest};
 use clap::Args;
-use frontend::convert::{CompileOptions, Platform};
+use frontend::convert::{CompileOptions, NamedContext, Platform};
 use frontend::dockerignore::{PatternMatcher, dockerfile_ignore_path, select_ignore_file};
 use frontend::graph::NetworkMode;
 use nix::sys::signal::Signal;
 use solver::sandbox::CancelHandle;
-use solver::{BuildError, BuildRequest, BuildResult, SecretSource, SecretSpec, SshSpec};
+use solver::{
+    BuildError, BuildRequest, BuildResult, NamedContextDir, SecretSource, SecretSpec, SshSpec,
+};
 
 use super::progress::{Mode, Renderer};
 
@@ -121,9 +123,20 @@ pub(crate) struct BuildArgs {
     /// A custom host-to-IP mapping for RUN steps, `HOST:IP`.
     #[arg(long = "add-host", value_name = "HOST:IP")]
     add_hosts: Vec<String>,
+    /// An extra named context: `NAME=DIR`, `NAME=docker-image://REF`; it
+    /// replaces a stage or image of that name in FROM, `COPY --from` and
+    /// `RUN --mount from=`.
+    #[arg(long = "build-context", value_name = "NAME=DIR|docker-image://REF")]
+    build_contexts: Vec<String>,
     /// The platform to build for (one; default: linux/amd64).
     #[arg(long, value_name = "PLATFORM")]
     platform: Option<String>,
+    /// Size of `/dev/shm` in RUN steps, e.g. `128m` (default: 64m).
+    #[arg(long, value_name = "SIZE")]
+    shm_size: Option<String>,
+    /// A resource limit of RUN steps, `TYPE=SOFT[:HARD]` (e.g. `nofile=1024:2048`).
+    #[arg(long = "ulimit", value_name = "TYPE=SOFT[:HARD]")]
+    ulimits: Vec<String>,
     /// Pull every base image again, even when the local store has the tag.
     #[arg(long)]
     pull: bool,
@@ -145,8 +158,13 @@ pub(crate) struct BuildArgs {
     /// what they find instead of building; exit 1 with `# check=error=true`.
     #[arg(long)]
     check: bool,
-    /// The build context directory.
-    context: PathBuf,
+    /// The build context: a directory, `-` (a tar on stdin), a tarball
+    /// URL, or a git repository (`URL#REF:SUBDIR`).
+    #[arg(value_name = "CONTEXT|-|URL")]
+    context: String,
+    /// The context directory the build reads (set from `context`).
+    #[arg(skip)]
+    context_dir: PathBuf,
 }
 
 /// Where the image goes once built.
@@ -163,9 +181,19 @@ struct Outputs {
     push: Vec<ImageName>,
 }
 
-pub(crate) fn run(root: &Path, args: BuildArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(root: &Path, mut args: BuildArgs) -> anyhow::Result<ExitCode> {
     // Before any thread exists, so that only the signal thread sees them.
     let signals = Signals::install().context("cannot set up signal handling")?;
+    // A remote context lives in ROOT/tmp until this returns.
+    let context = super::context::prepare(
+        root,
+        &args.context,
+        &args.build_args,
+        args.file.as_deref(),
+        &signals.cancel,
+    )?;
+    args.context_dir = context.dir.clone();
+    args.file = context.file.clone();
     let outputs = parse_outputs(&args)?;
     let mode = args.progress.mode(args.quiet);
     let (shown, dockerfile) = read_dockerfile(&args)?;
@@ -519,12 +547,82 @@ fn read_dockerfile(args: &BuildArgs) -> anyhow::Result<(String, Vec<u8>)> {
             Ok((f.display().to_string(), bytes))
         }
         None => {
-            let f = args.context.join("Dockerfile");
+            let f = args.context_dir.join("Dockerfile");
             let bytes = std::fs::read(&f)
                 .with_context(|| format!("cannot read the Dockerfile {}", f.display()))?;
             Ok(("Dockerfile".to_owned(), bytes))
         }
     }
+}
+
+/// `--build-context NAME=DIR|docker-image://REF`: what the frontend sees
+/// for each name, and the local directories (with their `.dockerignore`).
+fn named_contexts(
+    specs: &[String],
+) -> anyhow::Result<(
+    BTreeMap<String, NamedContext>,
+    BTreeMap<String, NamedContextDir>,
+)> {
+    let mut names = BTreeMap::new();
+    let mut dirs = BTreeMap::new();
+    for spec in specs {
+        let Some((name, value)) = spec.split_once('=') else {
+            anyhow::bail!(
+                "invalid --build-context {spec:?}: expected NAME=DIR or NAME=docker-image://REF"
+            );
+        };
+        if name.is_empty() || value.is_empty() {
+            anyhow::bail!(
+                "invalid --build-context {spec:?}: the name and the value must not be empty"
+            );
+        }
+        if name == "context" {
+            anyhow::bail!(
+                "invalid --build-context {spec:?}: \"context\" is the main build context"
+            );
+        }
+        if names.contains_key(name) {
+            anyhow::bail!("invalid --build-context {spec:?}: {name:?} is given twice");
+        }
+        let named = if let Some(reference) = value.strip_prefix("docker-image://") {
+            if reference.is_empty() {
+                anyhow::bail!(
+                    "invalid --build-context {spec:?}: docker-image:// needs an image reference"
+                );
+            }
+            NamedContext::Image(reference.to_owned())
+        } else if value.starts_with("oci-layout://") {
+            anyhow::bail!(
+                "invalid --build-context {spec:?}: oci-layout:// contexts are not supported yet"
+            );
+        } else if let Some((scheme, _)) = value.split_once("://") {
+            anyhow::bail!(
+                "invalid --build-context {spec:?}: unknown source {scheme}:// (expected a directory or docker-image://REF)"
+            );
+        } else {
+            let dir = PathBuf::from(value);
+            if !dir.is_dir() {
+                anyhow::bail!("invalid --build-context {spec:?}: {value} is not a directory");
+            }
+            let ignore_path = dir.join(".dockerignore");
+            let ignore = match std::fs::read_to_string(&ignore_path) {
+                Ok(text) => {
+                    Some(PatternMatcher::from_dockerignore(&text).with_context(|| {
+                        format!("invalid ignore file {}", ignore_path.display())
+                    })?)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("cannot read {}", ignore_path.display()));
+                }
+            };
+            dirs.insert(name.to_owned(), NamedContextDir { dir, ignore });
+            NamedContext::Local
+        };
+        names.insert(name.to_owned(), named);
+    }
+    Ok((names, dirs))
 }
 
 /// The ignore file that applies: `<Dockerfile>.dockerignore` beside the
@@ -540,13 +638,13 @@ fn ignore_file(args: &BuildArgs) -> anyhow::Result<Option<PatternMatcher>> {
     let dockerfile = match &args.file {
         Some(f) if f.as_os_str() == "-" => None,
         Some(f) => Some(f.clone()),
-        None => Some(args.context.join("Dockerfile")),
+        None => Some(args.context_dir.join("Dockerfile")),
     };
     let specific = match &dockerfile {
         Some(f) => read(Path::new(&dockerfile_ignore_path(&f.to_string_lossy())))?,
         None => None,
     };
-    let general = read(&args.context.join(".dockerignore"))?;
+    let general = read(&args.context_dir.join(".dockerignore"))?;
     let chosen = select_ignore_file(
         specific.as_ref().map(|(_, t)| t.as_str()),
         general.as_ref().map(|(_, t)| t.as_str()),
@@ -564,16 +662,16 @@ fn ignore_file(args: &BuildArgs) -> anyhow::Result<Option<PatternMatcher>> {
 }
 
 fn request(args: &BuildArgs, shown: &str, dockerfile: Vec<u8>) -> anyhow::Result<BuildRequest> {
-    let meta = std::fs::metadata(&args.context).with_context(|| {
+    let meta = std::fs::metadata(&args.context_dir).with_context(|| {
         format!(
             "unable to prepare the context: path {:?} not found",
-            args.context.display().to_string()
+            args.context_dir.display().to_string()
         )
     })?;
     if !meta.is_dir() {
         anyhow::bail!(
             "unable to prepare the context: {} is not a directory",
-            args.context.display()
+            args.context_dir.display()
         );
     }
     let mut build_args = parse_build_args(&args.build_args)?;
@@ -642,10 +740,11 @@ fn request(args: &BuildArgs, shown: &str, dockerfile: Vec<u8>) -> anyhow::Result
         extra_hosts.push((host.to_owned(), ip));
     }
     let (cache_from, cache_to, cache_inline) = remote_caches(args)?;
+    let (named_options, named_contexts) = named_contexts(&args.build_contexts)?;
     Ok(BuildRequest {
         dockerfile,
         dockerfile_path: shown.to_owned(),
-        context_dir: args.context.clone(),
+        context_dir: args.context_dir.clone(),
         ignore: ignore_file(args)?,
         options: CompileOptions {
             target: args.target.clone(),
@@ -653,8 +752,10 @@ fn request(args: &BuildArgs, shown: &str, dockerfile: Vec<u8>) -> anyhow::Result
             platform,
             dockerfile_name: shown.to_owned(),
             labels,
+            named_contexts: named_options,
             ..CompileOptions::default()
         },
+        named_contexts,
         network_allowed_host: allow_host,
         allow_security_insecure: allow_insecure,
         network,
@@ -676,6 +777,16 @@ fn request(args: &BuildArgs, shown: &str, dockerfile: Vec<u8>) -> anyhow::Result
         cache_from,
         cache_to,
         cache_inline,
+        shm_size: args
+            .shm_size
+            .as_deref()
+            .map(|s| solver::sandbox::parse_size(s).map_err(|e| anyhow::anyhow!("--shm-size: {e}")))
+            .transpose()?,
+        ulimits: args
+            .ulimits
+            .iter()
+            .map(|u| u.parse().map_err(|e| anyhow::anyhow!("--ulimit: {e}")))
+            .collect::<anyhow::Result<_>>()?,
     })
 }
 

@@ -145,7 +145,15 @@ pub(crate) fn plan<'a>(
         };
         let base_name = expanded.value;
         let lower = base_name.to_ascii_lowercase();
-        let base = if let Some(&j) = names.get(&lower).filter(|&&j| j < i) {
+        // A context given by name wins over a stage or image of that name
+        // (as BuildKit's `--build-context`).
+        let named = opts.named_contexts.get(&base_name);
+        let base = if let Some(named) = named {
+            match named {
+                NamedContext::Local => Base::Context(base_name.clone()),
+                NamedContext::Image(r) => Base::Image(r.clone()),
+            }
+        } else if let Some(&j) = names.get(&lower).filter(|&&j| j < i) {
             Base::Stage(j)
         } else if let Some(j) = df.stages[..i]
             .iter()
@@ -170,11 +178,7 @@ pub(crate) fn plan<'a>(
         } else if lower == "scratch" {
             Base::Scratch
         } else {
-            match opts.named_contexts.get(&base_name) {
-                Some(NamedContext::Local) => Base::Context(base_name.clone()),
-                Some(NamedContext::Image(r)) => Base::Image(r.clone()),
-                None => Base::Image(base_name.clone()),
-            }
+            Base::Image(base_name.clone())
         };
         stages.push(StagePlan {
             def: s,
@@ -234,14 +238,15 @@ impl StagePlan<'_> {
 
 impl<'a> Plan<'a> {
     fn lookup(&self, name: &str) -> Option<SourceRef> {
-        if let Some(&i) = self.names.get(&name.to_ascii_lowercase()) {
-            return Some(SourceRef::Stage(i));
-        }
+        // A context given by name wins over a stage of that name.
         match self.opts.named_contexts.get(name) {
-            Some(NamedContext::Local) => Some(SourceRef::Context(name.to_string())),
-            Some(NamedContext::Image(r)) => Some(SourceRef::Image(r.clone())),
-            None => None,
+            Some(NamedContext::Local) => return Some(SourceRef::Context(name.to_string())),
+            Some(NamedContext::Image(r)) => return Some(SourceRef::Image(r.clone())),
+            None => {}
         }
+        self.names
+            .get(&name.to_ascii_lowercase())
+            .map(|&i| SourceRef::Stage(i))
     }
 
     /// The stages or images a command reads.

@@ -48,10 +48,12 @@ impl Operation for CopyOp {
                 .map_or_else(|| dest_root.clone(), View::path);
             let src_root = source.as_ref().map(|(view, _)| view.path());
             let src_is_context = matches!(source, Some((_, true)));
-            let src_ignore = if src_is_context {
-                cx.request.ignore.as_ref()
-            } else {
-                None
+            let src_ignore = match inputs.get(1) {
+                Some(State::Context { name, .. }) => cx
+                    .request
+                    .local_context(name)
+                    .and_then(|(_, ignore)| ignore),
+                _ => None,
             };
             let copy = CopyContext {
                 dest_root: &dest_root,

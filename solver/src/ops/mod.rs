@@ -121,28 +121,30 @@ impl Operation for Scratch {
     }
 }
 
-/// The build context: the request's directory, read where it is.
+/// A local context: the request's directory (`context`) or one given with
+/// `--build-context NAME=DIR`, read where it is.
 impl Operation for ContextOp {
     fn run(&self, cx: &OpContext<'_>, _inputs: &[&State]) -> Result<State, BuildError> {
-        if self.name != "context" {
-            return Err(cx.step_error(StepError::Unsupported(format!(
-                "named build context {:?} is not supported yet",
-                self.name
+        let Some((dir, _)) = cx.request.local_context(&self.name) else {
+            return Err(cx.step_error(StepError::Invalid(format!(
+                "no local build context named {:?} was given (--build-context {}=DIR)",
+                self.name, self.name
             ))));
-        }
-        let dir = &cx.request.context_dir;
+        };
+        let what = if self.name == "context" {
+            format!("build context {}", dir.display())
+        } else {
+            format!("build context {:?} ({})", self.name, dir.display())
+        };
         match std::fs::metadata(dir) {
             Ok(meta) if meta.is_dir() => Ok(State::Context {
                 name: self.name.clone(),
-                dir: dir.clone(),
+                dir: dir.to_path_buf(),
             }),
-            Ok(_) => Err(cx.step_error(StepError::Invalid(format!(
-                "build context {} is not a directory",
-                dir.display()
-            )))),
+            Ok(_) => Err(cx.step_error(StepError::Invalid(format!("{what} is not a directory")))),
             Err(source) => Err(cx.step_error(StepError::Io {
                 action: "read",
-                what: format!("build context {}", dir.display()),
+                what,
                 source,
             })),
         }

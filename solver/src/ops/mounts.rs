@@ -320,7 +320,7 @@ fn bind_source(
             // Layers of the view, base first: the source, then a mask whose
             // whiteouts hide what .dockerignore excludes (no copy).
             let mut layers = vec![host.clone()];
-            if let (Some(ignore), "context") = (&cx.request.ignore, name.as_str()) {
+            if let Some((_, Some(ignore))) = cx.request.local_context(name) {
                 if ignore.matches(&rel) {
                     return Err(StepError::Invalid(format!(
                         "bind source {path} is excluded by .dockerignore"

@@ -1,0 +1,146 @@
+//! Named build contexts (`--build-context NAME=DIR|docker-image://REF`)
+//! through `builder build`, end to end: used by `COPY --from`, `RUN
+//! --mount from=` and FROM, replacing a stage or an image of that name,
+//! the directory's own `.dockerignore`, and clear errors for bad specs.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use common::{TestRoot, sandbox_available, stderr, unique};
+use serde_json::json;
+
+fn read(root: &Path, path: &str) -> String {
+    fs::read_to_string(root.join(path.trim_start_matches('/')))
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// A directory beside the root holding `files`.
+fn dir(t: &TestRoot, files: &[(&str, &str)]) -> String {
+    let d = t.path(&format!("named-{}", unique()));
+    for (path, contents) in files {
+        let p = d.join(path);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, contents).unwrap();
+    }
+    fs::create_dir_all(&d).unwrap();
+    d.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn directory_context_feeds_copy_and_run_mounts_with_its_own_dockerignore() {
+    if !sandbox_available() {
+        return;
+    }
+    let t = TestRoot::new();
+    t.busybox_image("busybox", json!({"Cmd": ["sh"]}));
+    let extra = dir(
+        &t,
+        &[
+            ("data.txt", "from extra\n"),
+            ("sub/deep.txt", "deep\n"),
+            ("secret.key", "must not be copied\n"),
+            (".dockerignore", "*.key\n"),
+        ],
+    );
+    let spec = format!("extra={extra}");
+    let out = t.build_local(
+        "FROM busybox\n\
+         COPY --from=extra / /copied/\n\
+         COPY --from=extra sub/deep.txt /deep.txt\n\
+         RUN --mount=from=extra,target=/mnt cat /mnt/data.txt > /mounted.txt\n",
+        &[("data.txt", "from the main context\n")],
+        &["--build-context", &spec],
+    );
+    assert_eq!(read(&out, "/copied/data.txt"), "from extra\n");
+    assert_eq!(read(&out, "/copied/sub/deep.txt"), "deep\n");
+    assert_eq!(read(&out, "/deep.txt"), "deep\n");
+    assert_eq!(read(&out, "/mounted.txt"), "from extra\n");
+    assert!(
+        !out.join("copied/secret.key").exists(),
+        "the named context's .dockerignore excludes *.key"
+    );
+}
+
+#[test]
+fn directory_context_replaces_a_stage_of_that_name() {
+    if !sandbox_available() {
+        return;
+    }
+    let t = TestRoot::new();
+    t.busybox_image("busybox", json!({"Cmd": ["sh"]}));
+    let dockerfile = "FROM busybox AS gen\n\
+                      RUN echo from the stage > /value.txt\n\
+                      FROM busybox\n\
+                      COPY --from=gen /value.txt /value.txt\n";
+    // Without the named context the stage runs.
+    let out = t.build_local(dockerfile, &[], &[]);
+    assert_eq!(read(&out, "/value.txt"), "from the stage\n");
+    // With it, the directory replaces the stage.
+    let gen_dir = dir(&t, &[("value.txt", "from the directory\n")]);
+    let spec = format!("gen={gen_dir}");
+    let out = t.build_local(dockerfile, &[], &["--build-context", &spec]);
+    assert_eq!(read(&out, "/value.txt"), "from the directory\n");
+}
+
+#[test]
+fn image_context_replaces_an_image_and_a_stage() {
+    if !sandbox_available() {
+        return;
+    }
+    let t = TestRoot::new();
+    t.busybox_image("busybox", json!({"Cmd": ["sh"]}));
+    let marker = t.path(&format!("marker-tree-{}", unique()));
+    fs::create_dir_all(marker.join("etc")).unwrap();
+    fs::write(marker.join("etc/marker"), "the other image\n").unwrap();
+    let tree = t.path(&format!("busybox-tree-{}", unique()));
+    solver::sandbox::testsupport::busybox_rootfs(&tree).unwrap();
+    t.image_from_trees("other:1", &[&tree, &marker], json!({"Cmd": ["sh"]}));
+
+    // `FROM alpine` (not in the store, never pulled) becomes other:1.
+    let out = t.build_local(
+        "FROM alpine\nRUN cat /etc/marker > /seen.txt\n",
+        &[],
+        &["--build-context", "alpine=docker-image://other:1"],
+    );
+    assert_eq!(read(&out, "/seen.txt"), "the other image\n");
+
+    // A stage of that name is replaced too, in FROM and in COPY --from.
+    let out = t.build_local(
+        "FROM busybox AS base\n\
+         RUN echo stage > /etc/marker\n\
+         FROM base\n\
+         COPY --from=base /etc/marker /copied.txt\n\
+         RUN cat /etc/marker > /seen.txt\n",
+        &[],
+        &["--build-context", "base=docker-image://other:1"],
+    );
+    assert_eq!(read(&out, "/seen.txt"), "the other image\n");
+    assert_eq!(read(&out, "/copied.txt"), "the other image\n");
+}
+
+#[test]
+fn bad_build_context_specs_are_refused_clearly() {
+    let t = TestRoot::new();
+    let ctx = t.context(&[("Dockerfile", "FROM scratch\n")]);
+    let missing = t.path("does-not-exist");
+    let missing_spec = format!("x={}", missing.display());
+    let cases: [(&str, &str); 6] = [
+        ("noequals", "expected NAME=DIR"),
+        ("=dir", "must not be empty"),
+        ("x=ftp://host/dir", "unknown source ftp://"),
+        ("x=docker-image://", "needs an image reference"),
+        ("context=/", "main build context"),
+        (missing_spec.as_str(), "is not a directory"),
+    ];
+    for (spec, expected) in cases {
+        let out = t.build(&ctx, &["--build-context", spec]);
+        assert!(!out.status.success(), "--build-context {spec} succeeded");
+        let err = stderr(&out);
+        assert!(
+            err.contains(expected) && err.contains("--build-context"),
+            "--build-context {spec}: expected {expected:?} in:\n{err}"
+        );
+    }
+}
