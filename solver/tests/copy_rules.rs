@@ -963,11 +963,15 @@ fn cancelled_and_unsupported() {
     assert!(!exists(dest.path(), "x"));
 
     let env = Env::context(ctx.path(), dest.path());
+    // A git source that cannot be cloned names its URL.
     let err = env
-        .run("ADD https://github.com/moby/buildkit.git#v0.10.1 /src")
+        .run("ADD git://127.0.0.1:1/nowhere.git#main /src")
         .unwrap_err();
-    assert!(matches!(err, CopyError::GitUnsupported { .. }), "{err:?}");
-    assert!(err.to_string().contains("not supported yet"), "{err}");
+    assert!(matches!(err, CopyError::Git { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("git://127.0.0.1:1/nowhere.git"),
+        "{err}"
+    );
 
     // Path sources need a source root.
     let op = CopyOp {

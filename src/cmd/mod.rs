@@ -2,6 +2,7 @@
 
 pub(crate) mod build;
 pub(crate) mod cache_server;
+pub(crate) mod context;
 pub(crate) mod debug;
 pub(crate) mod du;
 pub(crate) mod images;

@@ -263,7 +263,7 @@ fn is_git(src: &str) -> bool {
     if src.starts_with("git://") || src.starts_with("git@") || src.starts_with("ssh://") {
         return true;
     }
-    if src.starts_with("http://") || src.starts_with("https://") {
+    if src.starts_with("http://") || src.starts_with("https://") || src.starts_with("file://") {
         let path = src.split(['#', '?']).next().unwrap_or(src);
         return path.ends_with(".git");
     }

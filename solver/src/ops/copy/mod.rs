@@ -42,6 +42,7 @@ mod archive;
 mod chmod;
 mod chown;
 pub(crate) mod fetch;
+pub mod remote;
 pub(crate) mod resolve;
 mod tree;
 pub(crate) mod wildcard;
@@ -136,10 +137,8 @@ pub enum CopyError {
     ReplaceDirectory { path: String },
     #[error("the op has path sources but no source filesystem was given")]
     NoSourceRoot,
-    #[error(
-        "git sources are not supported yet ({url}): ADD of a git repository comes with a later issue"
-    )]
-    GitUnsupported { url: String },
+    #[error("git source {url}: {reason}")]
+    Git { url: String, reason: String },
     #[error("checksum of {url}: {reason}")]
     Checksum { url: String, reason: String },
     #[error("digest mismatch for {url}: expected {expected}, got {actual}")]
@@ -323,7 +322,13 @@ pub fn apply_copy(op: &CopyOp, cx: &CopyContext<'_>) -> Result<CopyStats, CopyEr
                 });
             }
             CopySource::Git { url } => {
-                return Err(CopyError::GitUnsupported { url: url.clone() });
+                if op.sources.len() != 1 {
+                    return Err(CopyError::Git {
+                        url: url.clone(),
+                        reason: "a git repository must be the only source of an ADD".to_owned(),
+                    });
+                }
+                return add_git(op, url, cx);
             }
             CopySource::Inline { name, content } => items.push(Item::Inline { name, content }),
         }
@@ -343,6 +348,38 @@ pub fn apply_copy(op: &CopyOp, cx: &CopyContext<'_>) -> Result<CopyStats, CopyEr
     }
     writer.finish_dirs()?;
     Ok(writer.stats)
+}
+
+/// `ADD <git url> DEST`: a checkout of the repository (without `.git`
+/// unless `--keep-git-dir`) copied like a context directory.
+fn add_git(op: &CopyOp, url: &str, cx: &CopyContext<'_>) -> Result<CopyStats, CopyError> {
+    let tmp = tempfile::Builder::new()
+        .prefix("builder-git-")
+        .tempdir()
+        .map_err(|source| CopyError::Io {
+            what: format!("create a temp directory to clone {url}"),
+            source,
+        })?;
+    let checkout = tmp.path().join("checkout");
+    let root = remote::git_checkout(url, &checkout, op.keep_git_dir, op.checksum.as_deref())?;
+    if cx.cancel.is_cancelled() {
+        return Err(CopyError::Cancelled);
+    }
+    let mut dir_op = op.clone();
+    dir_op.sources = vec![CopySource::Path {
+        path: "/".to_owned(),
+        pivot: None,
+    }];
+    dir_op.checksum = None;
+    dir_op.parents = false;
+    dir_op.unpack = Some(false);
+    let dir_cx = CopyContext {
+        src_root: Some(&root),
+        src_is_context: true,
+        src_ignore: None,
+        ..*cx
+    };
+    apply_copy(&dir_op, &dir_cx)
 }
 
 /// Finds the entries a source path names: one for a plain path (an error if

@@ -1,0 +1,309 @@
+//! Remote sources shared by `ADD <git url>` and remote build contexts:
+//! git checkouts made with the `git` command, and plain downloads.
+//!
+//! A git source is `URL[#REF[:SUBDIR]]` as in BuildKit: the repository is
+//! cloned shallowly at `REF` (a branch or tag; a commit sha falls back to a
+//! full clone and a checkout), with its submodules, and `.git` is removed
+//! unless asked to keep it.
+
+use std::fs::File;
+use std::io::{self, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::CopyError;
+use super::fetch::Fetcher;
+use crate::sandbox::CancelHandle;
+
+/// Whether `s` names a git repository: `git://`, `git@`, `ssh://`, or an
+/// `http(s)://`/`file://` URL whose path ends in `.git`.
+pub fn is_git_url(s: &str) -> bool {
+    if s.starts_with("git://") || s.starts_with("git@") || s.starts_with("ssh://") {
+        return true;
+    }
+    if s.starts_with("http://") || s.starts_with("https://") || s.starts_with("file://") {
+        let path = s.split(['#', '?']).next().unwrap_or(s);
+        return path.trim_end_matches('/').ends_with(".git");
+    }
+    false
+}
+
+/// A parsed `URL#REF:SUBDIR`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GitSource {
+    pub url: String,
+    pub reference: Option<String>,
+    pub subdir: Option<String>,
+}
+
+impl GitSource {
+    pub fn parse(spec: &str) -> GitSource {
+        let (url, fragment) = match spec.split_once('#') {
+            Some((u, f)) => (u, Some(f)),
+            None => (spec, None),
+        };
+        let (reference, subdir) = match fragment {
+            None => (None, None),
+            Some(f) => match f.split_once(':') {
+                Some((r, s)) => (Some(r), Some(s)),
+                None => (Some(f), None),
+            },
+        };
+        let nonempty = |s: Option<&str>| s.filter(|s| !s.is_empty()).map(str::to_owned);
+        GitSource {
+            url: url.to_owned(),
+            reference: nonempty(reference),
+            subdir: nonempty(subdir.map(|s| s.trim_matches('/'))),
+        }
+    }
+}
+
+fn looks_like_commit(r: &str) -> bool {
+    (7..=64).contains(&r.len()) && r.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn git_failed(url: &str, what: &str, out: &std::process::Output) -> CopyError {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    CopyError::Git {
+        url: url.to_owned(),
+        reason: format!("{what} failed ({}): {}", out.status, stderr.trim()),
+    }
+}
+
+fn run_git(url: &str, what: &str, cmd: &mut Command) -> Result<(), CopyError> {
+    cmd.env("GIT_TERMINAL_PROMPT", "0");
+    let out = cmd.output().map_err(|e| CopyError::Git {
+        url: url.to_owned(),
+        reason: format!("cannot run git: {e}"),
+    })?;
+    if !out.status.success() {
+        return Err(git_failed(url, what, &out));
+    }
+    Ok(())
+}
+
+/// Clones the git source `spec` into `dest` (which must not exist or be
+/// empty) and returns the directory to use: `dest`, or its `SUBDIR`.
+/// `expected_commit` (ADD --checksum) must be a prefix of the checked-out
+/// commit.
+pub fn git_checkout(
+    spec: &str,
+    dest: &Path,
+    keep_git_dir: bool,
+    expected_commit: Option<&str>,
+) -> Result<PathBuf, CopyError> {
+    let src = GitSource::parse(spec);
+    let url = src.url.as_str();
+    let shallow = match &src.reference {
+        Some(r) if looks_like_commit(r) => false,
+        _ => true,
+    };
+    let mut clone = Command::new("git");
+    clone.args(["clone", "--quiet", "--recurse-submodules"]);
+    if shallow {
+        clone.args(["--depth", "1", "--shallow-submodules"]);
+        if let Some(r) = &src.reference {
+            clone.args(["--branch", r]);
+        }
+    }
+    clone.arg("--").arg(url).arg(dest);
+    run_git(url, "git clone", &mut clone)?;
+    if !shallow {
+        let r = src.reference.as_deref().expect("a commit was given");
+        run_git(
+            url,
+            &format!("git checkout {r}"),
+            Command::new("git").arg("-C").arg(dest).args([
+                "-c",
+                "advice.detachedHead=false",
+                "checkout",
+                "--quiet",
+                r,
+            ]),
+        )?;
+        run_git(
+            url,
+            "git submodule update",
+            Command::new("git").arg("-C").arg(dest).args([
+                "submodule",
+                "update",
+                "--init",
+                "--recursive",
+                "--quiet",
+            ]),
+        )?;
+    }
+    if let Some(expected) = expected_commit {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(dest)
+            .args(["rev-parse", "HEAD"])
+            .output()
+            .map_err(|e| CopyError::Git {
+                url: url.to_owned(),
+                reason: format!("cannot run git: {e}"),
+            })?;
+        if !out.status.success() {
+            return Err(git_failed(url, "git rev-parse HEAD", &out));
+        }
+        let actual = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if expected.is_empty() || !actual.starts_with(expected) {
+            return Err(CopyError::ChecksumMismatch {
+                url: spec.to_owned(),
+                expected: expected.to_owned(),
+                actual,
+            });
+        }
+    }
+    if !keep_git_dir {
+        remove_git_dirs(dest).map_err(|source| CopyError::Io {
+            what: format!("remove .git of the checkout of {url}"),
+            source,
+        })?;
+    }
+    let root = match &src.subdir {
+        Some(sub) => {
+            if sub.split('/').any(|c| c == "..") {
+                return Err(CopyError::Git {
+                    url: url.to_owned(),
+                    reason: format!("subdirectory {sub:?} leaves the repository"),
+                });
+            }
+            let dir = dest.join(sub);
+            let meta = std::fs::symlink_metadata(&dir);
+            if !meta.is_ok_and(|m| m.is_dir()) {
+                return Err(CopyError::Git {
+                    url: url.to_owned(),
+                    reason: format!("subdirectory {sub:?} is not a directory in the repository"),
+                });
+            }
+            dir
+        }
+        None => dest.to_path_buf(),
+    };
+    Ok(root)
+}
+
+/// Removes `.git` (a directory, or a submodule's `.git` file) at the top
+/// and in every directory below.
+fn remove_git_dirs(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let ty = entry.file_type()?;
+        let path = entry.path();
+        if entry.file_name() == ".git" {
+            if ty.is_dir() {
+                std::fs::remove_dir_all(&path)?;
+            } else {
+                std::fs::remove_file(&path)?;
+            }
+        } else if ty.is_dir() {
+            remove_git_dirs(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Downloads `url` (http or https, TLS roots as for ADD) into an unnamed
+/// temp file, positioned at its start.
+pub fn download(url: &str, cancel: &CancelHandle) -> Result<File, CopyError> {
+    let fetcher = Fetcher::new(url.starts_with("https://"))?;
+    Ok(fetcher.fetch(url, None, cancel)?.file)
+}
+
+/// Unpacks a build context sent as a tar (plain, gzip, bzip2, xz or
+/// zstd, told apart by its first bytes) into the existing directory `dest`.
+/// `what` names the tar in errors. Names that leave `dest`, devices and
+/// owners are refused or dropped as for layers.
+pub fn unpack_context_tar(
+    mut input: impl Read + Send,
+    dest: &Path,
+    what: &str,
+) -> Result<(), CopyError> {
+    let mut magic = [0u8; 6];
+    let mut got = 0;
+    while got < magic.len() {
+        match input.read(&mut magic[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(source) => {
+                return Err(CopyError::ArchiveIo {
+                    archive: what.to_owned(),
+                    what: "read".to_owned(),
+                    source,
+                });
+            }
+        }
+    }
+    let head = magic[..got].to_vec();
+    let input = BufReader::with_capacity(256 * 1024, io::Cursor::new(head).chain(input));
+    let reader: Box<dyn Read + Send> = if magic.starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::bufread::MultiGzDecoder::new(input))
+    } else if magic.starts_with(b"BZh") {
+        Box::new(bzip2::bufread::MultiBzDecoder::new(input))
+    } else if magic.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
+        Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(input))
+    } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Box::new(
+            zstd::stream::read::Decoder::with_buffer(input).map_err(|source| {
+                CopyError::ArchiveIo {
+                    archive: what.to_owned(),
+                    what: "decompress".to_owned(),
+                    source,
+                }
+            })?,
+        )
+    } else {
+        Box::new(input)
+    };
+    let opts = cache::layer::extract::UnpackOptions {
+        allow_devices: false,
+        preserve_owner: false,
+        whiteouts: cache::layer::extract::WhiteoutMode::Apply,
+    };
+    cache::layer::extract::unpack_layer(reader, dest, &opts).map_err(|e| CopyError::Archive {
+        archive: what.to_owned(),
+        reason: error_chain(&e),
+    })?;
+    Ok(())
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_fragments() {
+        let s = GitSource::parse("https://h/r.git#main:sub/dir/");
+        assert_eq!(s.url, "https://h/r.git");
+        assert_eq!(s.reference.as_deref(), Some("main"));
+        assert_eq!(s.subdir.as_deref(), Some("sub/dir"));
+        let s = GitSource::parse("git@h:r.git#:sub");
+        assert_eq!(s.reference, None);
+        assert_eq!(s.subdir.as_deref(), Some("sub"));
+        let s = GitSource::parse("file:///x/r.git");
+        assert_eq!(s.reference, None);
+        assert_eq!(s.subdir, None);
+    }
+
+    #[test]
+    fn recognises_git_urls() {
+        assert!(is_git_url("https://github.com/moby/buildkit.git#v0.10.1"));
+        assert!(is_git_url("git@github.com:moby/buildkit.git"));
+        assert!(is_git_url("file:///srv/repo.git#main:sub"));
+        assert!(!is_git_url("https://example.com/ctx.tar.gz"));
+        assert!(!is_git_url("./dir"));
+    }
+}
