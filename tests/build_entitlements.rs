@@ -192,3 +192,67 @@ RUN mkdir /out && ulimit -Sn > /out/nofile-soft && ulimit -Hn > /out/nofile-hard
         "{err}"
     );
 }
+
+/// The first 64 bytes of an aarch64 ELF executable: enough for the kernel
+/// to refuse it with ENOEXEC on another architecture without an emulator.
+fn aarch64_elf_header() -> Vec<u8> {
+    let mut h = vec![0u8; 64];
+    h[..8].copy_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0]);
+    h[16] = 2; // ET_EXEC
+    h[18] = 0xb7; // EM_AARCH64
+    h[20] = 1; // EV_CURRENT
+    h[52] = 64; // e_ehsize
+    h
+}
+
+#[test]
+fn another_platform_without_an_emulator_fails_at_its_first_run_step() {
+    if !sandbox_available() {
+        return;
+    }
+    if solver::sandbox::binfmt::host_architecture() != "amd64" {
+        eprintln!("skipping: the test's foreign platform is arm64, which this machine runs");
+        return;
+    }
+    if solver::sandbox::binfmt::can_run("arm64", Path::new(solver::sandbox::binfmt::BINFMT_MISC)) {
+        eprintln!("skipping: an arm64 emulator is registered with binfmt_misc");
+        return;
+    }
+    let t = TestRoot::new();
+    // An "arm64" base image whose shell is an aarch64 executable.
+    let tree = t.path("arm64-tree");
+    fs::create_dir_all(tree.join("bin")).unwrap();
+    fs::write(tree.join("bin/sh"), aarch64_elf_header()).unwrap();
+    fs::set_permissions(
+        tree.join("bin/sh"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    fs::write(tree.join("hello"), "hello\n").unwrap();
+    t.image_from_trees("arm64base", &[&tree], json!({}));
+
+    let err = build_fails(
+        &t,
+        "FROM arm64base\nCOPY Dockerfile /copied\nRUN true\n",
+        &["--platform", "linux/arm64"],
+    );
+    assert!(
+        err.contains(
+            "cannot run linux/arm64 steps: no emulator registered with binfmt_misc (install qemu-user-static)"
+        ),
+        "{err}"
+    );
+    // Without --platform the same step is an ordinary exec failure.
+    let err = build_fails(&t, "FROM arm64base\nRUN true\n", &[]);
+    assert!(!err.contains("binfmt_misc"), "{err}");
+    assert!(err.contains("xec format error"), "{err}");
+
+    // A COPY-only build of that platform works.
+    let out = t.build_local(
+        "FROM arm64base\nCOPY Dockerfile /copied\n",
+        &[],
+        &["--platform", "linux/arm64"],
+    );
+    assert_eq!(read(&out, "hello"), "hello\n");
+    assert!(out.join("copied").is_file());
+}

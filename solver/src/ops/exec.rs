@@ -99,6 +99,14 @@ impl Operation for ExecOp {
             Err(SandboxError::Cancelled) => return Err(BuildError::Cancelled),
             Err(err) => return Err(cx.step_error(StepError::Sandbox(err))),
         };
+        if let Termination::NotExecutable {
+            errno: nix::errno::Errno::ENOEXEC,
+            ..
+        } = &outcome.termination
+            && let Some(message) = foreign_platform(cx)
+        {
+            return Err(cx.step_error(StepError::Invalid(message)));
+        }
         if !outcome.termination.success() {
             let reason = match &outcome.termination {
                 Termination::Exited(_) => None,
@@ -116,6 +124,22 @@ impl Operation for ExecOp {
         }
         cx.commit(workspace, parent)
     }
+}
+
+/// Why a step of another architecture could not run (its command was not
+/// an executable of this machine): the build's platform is foreign and no
+/// emulator is registered with binfmt_misc.
+fn foreign_platform(cx: &OpContext<'_>) -> Option<String> {
+    let platform = cx.request.options.platform.as_ref()?;
+    if crate::sandbox::binfmt::can_run(
+        &platform.architecture,
+        std::path::Path::new(crate::sandbox::binfmt::BINFMT_MISC),
+    ) {
+        return None;
+    }
+    Some(format!(
+        "cannot run {platform} steps: no emulator registered with binfmt_misc (install qemu-user-static)"
+    ))
 }
 
 /// The sandbox network of the step: its own `--network`, else the build's.

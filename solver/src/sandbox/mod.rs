@@ -14,6 +14,7 @@
 //!
 //! All `unsafe` lives in `linux.rs`; every other file here is safe code.
 
+pub mod binfmt;
 mod caps;
 mod env;
 mod linux;
