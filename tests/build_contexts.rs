@@ -231,6 +231,16 @@ fn repo(t: &TestRoot) -> String {
     format!("file://{}", dir.display())
 }
 
+/// The commit `rev` names in the repository at the `file://` URL.
+fn rev_parse(url: &str, rev: &str) -> String {
+    let out = Command::new("git")
+        .args(["-C", url.trim_start_matches("file://"), "rev-parse", rev])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
 #[test]
 fn git_contexts() {
     if !tool_available("git") {
@@ -258,6 +268,11 @@ fn git_contexts() {
     );
     assert!(out.join("ctx/.git/HEAD").is_file(), ".git is missing");
     no_context_left(&t);
+
+    // A local `*.git` path works as well.
+    let path = url.trim_start_matches("file://");
+    let out = build_to(&t, &format!("{path}#feature:app"), &[], None);
+    assert_eq!(read(&out, "app/app.txt"), "the app\n");
 
     // A ref that does not exist: the error names the URL.
     let bad = format!("{url}#no-such-branch");
@@ -291,6 +306,20 @@ fn add_git_repository() {
     );
     assert_eq!(read(&out, "app/app.txt"), "the app\n");
     assert!(!out.join("app/main.txt").exists());
+
+    // A commit (a full clone and a checkout) checked with --checksum.
+    let sha = rev_parse(&url, "feature");
+    let dockerfile = format!("FROM base\nADD --checksum={sha} {url}#{sha} /bysha\n");
+    let out = t.build_local(&dockerfile, &[], &[]);
+    assert_eq!(read(&out, "bysha/app/app.txt"), "the app\n");
+    let main = rev_parse(&url, "main");
+    let ctx = t.context(&[(
+        "Dockerfile",
+        &format!("FROM base\nADD --checksum={main} {url}#feature /x\n"),
+    )]);
+    let o = t.build(&ctx, &[]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("digest mismatch"), "{}", stderr(&o));
 
     // A repository that cannot be cloned fails the step, naming it.
     let bad = "file:///nonexistent/nowhere.git";

@@ -103,7 +103,13 @@ impl Converter<'_> {
                     "checksum requires HTTP(S) or Git sources",
                 ));
             }
-            validate_digest(cs).map_err(|m| SourceError::new(at, m))?;
+            // For git, BuildKit's checksum is (a prefix of) the commit.
+            let commit = is_git(&paths[0])
+                && (7..=64).contains(&cs.len())
+                && cs.bytes().all(|b| b.is_ascii_hexdigit());
+            if !commit {
+                validate_digest(cs).map_err(|m| SourceError::new(at, m))?;
+            }
         }
 
         let mut op_sources = Vec::with_capacity(paths.len() + inline.len());
