@@ -8,7 +8,7 @@ mod common;
 use std::fs;
 use std::path::Path;
 
-use common::{TestRoot, sandbox_available, stderr, unique};
+use common::{TestRoot, sandbox_available, stderr, tool_available, unique};
 use serde_json::json;
 
 fn read(root: &Path, path: &str) -> String {
@@ -118,6 +118,61 @@ fn image_context_replaces_an_image_and_a_stage() {
     );
     assert_eq!(read(&out, "/seen.txt"), "the other image\n");
     assert_eq!(read(&out, "/copied.txt"), "the other image\n");
+}
+
+#[test]
+fn oci_layout_context_is_imported_and_used_by_tag_or_digest() {
+    if !sandbox_available() || !tool_available("tar") {
+        return;
+    }
+    // An OCI layout made by another store: `-o type=oci` unpacked.
+    let maker = TestRoot::new();
+    maker.busybox_image("busybox", json!({"Cmd": ["sh"]}));
+    let ctx = maker.context(&[(
+        "Dockerfile",
+        "FROM busybox\nRUN echo from the layout > /etc/marker\n",
+    )]);
+    let archive = maker.path("layout.tar");
+    let spec = format!("type=oci,dest={}", archive.display());
+    maker.build_ok(&ctx, &["-t", "layout:v1", "-o", &spec]);
+    let layout = maker.path("layout");
+    fs::create_dir_all(&layout).unwrap();
+    let status = std::process::Command::new("tar")
+        .arg("-xf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&layout)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let digest = index["manifests"][0]["digest"].as_str().unwrap().to_owned();
+
+    // A store that has no image at all: FROM base comes from the layout.
+    let t = TestRoot::new();
+    let dockerfile = "FROM base\nRUN cat /etc/marker > /seen.txt\n";
+    let by_tag = format!("base=oci-layout://{}:v1", layout.display());
+    let out = t.build_local(dockerfile, &[], &["--build-context", &by_tag]);
+    assert_eq!(read(&out, "/seen.txt"), "from the layout\n");
+    let by_digest = format!("base=oci-layout://{}@{digest}", layout.display());
+    let out = t.build_local(
+        "FROM scratch\nCOPY --from=base /etc/marker /copied.txt\n",
+        &[],
+        &["--build-context", &by_digest],
+    );
+    assert_eq!(read(&out, "/copied.txt"), "from the layout\n");
+
+    // A tag the layout does not have.
+    let ctx = t.context(&[("Dockerfile", dockerfile)]);
+    let missing = format!("base=oci-layout://{}:nope", layout.display());
+    let out = t.build(&ctx, &["--build-context", &missing]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no image tagged \"nope\""),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

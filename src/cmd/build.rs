@@ -123,10 +123,14 @@ pub(crate) struct BuildArgs {
     /// A custom host-to-IP mapping for RUN steps, `HOST:IP`.
     #[arg(long = "add-host", value_name = "HOST:IP")]
     add_hosts: Vec<String>,
-    /// An extra named context: `NAME=DIR`, `NAME=docker-image://REF`; it
+    /// An extra named context: `NAME=DIR`, `NAME=docker-image://REF` or
+    /// `NAME=oci-layout://PATH[:TAG|@DIGEST]`; it
     /// replaces a stage or image of that name in FROM, `COPY --from` and
     /// `RUN --mount from=`.
-    #[arg(long = "build-context", value_name = "NAME=DIR|docker-image://REF")]
+    #[arg(
+        long = "build-context",
+        value_name = "NAME=DIR|docker-image://REF|oci-layout://PATH"
+    )]
     build_contexts: Vec<String>,
     /// The platform to build for (one; default: linux/amd64).
     #[arg(long, value_name = "PLATFORM")]
@@ -243,6 +247,7 @@ pub(crate) fn run(root: &Path, mut args: BuildArgs) -> anyhow::Result<ExitCode> 
     let progress = Renderer::new(mode, Box::new(io::stderr()));
     // Until the result is named: prune must not take its blobs before that.
     let gc_hold = images.store().lock_shared(cache::gc::GC_LOCK)?;
+    import_oci_contexts(&images, &args.build_contexts, &mut request)?;
     let built = solver::build(images.store(), &request, &progress, &signals.cancel);
     let result = match built {
         Ok(result) if !signals.cancel.is_cancelled() => result,
@@ -557,6 +562,121 @@ fn read_dockerfile(args: &BuildArgs) -> anyhow::Result<(String, Vec<u8>)> {
 
 /// `--build-context NAME=DIR|docker-image://REF`: what the frontend sees
 /// for each name, and the local directories (with their `.dockerignore`).
+/// `PATH[:TAG|@DIGEST]` of `oci-layout://`: the layout directory and what
+/// picks the image in it.
+fn oci_layout_spec(layout: &str) -> anyhow::Result<(PathBuf, OciPick)> {
+    if let Some((path, digest)) = layout.rsplit_once('@') {
+        let digest: cache::Digest = digest
+            .parse()
+            .map_err(|e| anyhow::anyhow!("bad digest {digest:?} in oci-layout://: {e}"))?;
+        return Ok((PathBuf::from(path), OciPick::Digest(digest)));
+    }
+    match layout.rsplit_once(':') {
+        Some((path, tag)) if !tag.contains('/') && !tag.is_empty() => {
+            Ok((PathBuf::from(path), OciPick::Tag(tag.to_owned())))
+        }
+        _ if layout.is_empty() => anyhow::bail!("oci-layout:// needs a directory"),
+        _ => Ok((PathBuf::from(layout), OciPick::Default)),
+    }
+}
+
+/// Which image of an OCI layout a named context uses.
+enum OciPick {
+    Digest(cache::Digest),
+    Tag(String),
+    /// The only one, else the one tagged `latest`.
+    Default,
+}
+
+/// Imports the image each `--build-context NAME=oci-layout://…` names into
+/// the store and points the context at it by digest.
+fn import_oci_contexts(
+    images: &ImageStore,
+    specs: &[String],
+    request: &mut BuildRequest,
+) -> anyhow::Result<()> {
+    for spec in specs {
+        let Some((name, layout)) = spec
+            .split_once('=')
+            .and_then(|(n, v)| Some((n, v.strip_prefix("oci-layout://")?)))
+        else {
+            continue;
+        };
+        let (dir, pick) = oci_layout_spec(layout)?;
+        let index_path = dir.join("index.json");
+        let index: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(&index_path)
+                .with_context(|| format!("cannot read {}", index_path.display()))?,
+        )
+        .with_context(|| format!("invalid {}", index_path.display()))?;
+        let entries: Vec<(String, Option<String>)> = index["manifests"]
+            .as_array()
+            .map(|m| {
+                m.iter()
+                    .map(|d| {
+                        (
+                            d["digest"].as_str().unwrap_or_default().to_owned(),
+                            d["annotations"]["org.opencontainers.image.ref.name"]
+                                .as_str()
+                                .map(str::to_owned),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let tag_of = |t: &str| {
+            entries
+                .iter()
+                .find(|(_, r)| r.as_deref() == Some(t))
+                .map(|(d, _)| d.clone())
+        };
+        let chosen = match &pick {
+            OciPick::Digest(d) => entries
+                .iter()
+                .find(|(e, _)| *e == d.to_string())
+                .map(|(e, _)| e.clone()),
+            OciPick::Tag(t) => tag_of(t),
+            OciPick::Default if entries.len() == 1 => Some(entries[0].0.clone()),
+            OciPick::Default => tag_of("latest"),
+        };
+        let Some(chosen) = chosen else {
+            let what = match &pick {
+                OciPick::Digest(d) => format!("no image {d}"),
+                OciPick::Tag(t) => format!("no image tagged {t:?}"),
+                OciPick::Default => format!(
+                    "{} images and none tagged \"latest\" (name one with :TAG or @DIGEST)",
+                    entries.len()
+                ),
+            };
+            anyhow::bail!(
+                "--build-context {spec}: the OCI layout {} has {what}",
+                dir.display()
+            );
+        };
+        let loaded = cache::archive::import_oci_layout(
+            images,
+            &dir,
+            &cache::archive::ImportOptions::default(),
+        )
+        .with_context(|| format!("--build-context {spec}: cannot import {}", dir.display()))?;
+        let image = loaded
+            .iter()
+            .find(|l| l.manifest_digest.to_string() == chosen)
+            .or(if loaded.len() == 1 { loaded.first() } else { None })
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--build-context {spec}: image {chosen} of {} is not an image for this platform",
+                    dir.display()
+                )
+            })?;
+        request.options.named_contexts.insert(
+            name.to_owned(),
+            NamedContext::Image(format!("oci-layout@{}", image.manifest_digest)),
+        );
+    }
+    Ok(())
+}
+
 fn named_contexts(
     specs: &[String],
 ) -> anyhow::Result<(
@@ -591,13 +711,20 @@ fn named_contexts(
                 );
             }
             NamedContext::Image(reference.to_owned())
-        } else if value.starts_with("oci-layout://") {
-            anyhow::bail!(
-                "invalid --build-context {spec:?}: oci-layout:// contexts are not supported yet"
-            );
+        } else if let Some(layout) = value.strip_prefix("oci-layout://") {
+            let (dir, _) = oci_layout_spec(layout)
+                .with_context(|| format!("invalid --build-context {spec:?}"))?;
+            if !dir.join("index.json").is_file() {
+                anyhow::bail!(
+                    "invalid --build-context {spec:?}: {} is not an OCI image layout (no index.json)",
+                    dir.display()
+                );
+            }
+            // Imported when the store is open (see `import_oci_contexts`).
+            NamedContext::Image(value.to_owned())
         } else if let Some((scheme, _)) = value.split_once("://") {
             anyhow::bail!(
-                "invalid --build-context {spec:?}: unknown source {scheme}:// (expected a directory or docker-image://REF)"
+                "invalid --build-context {spec:?}: unknown source {scheme}:// (expected a directory, docker-image://REF or oci-layout://PATH)"
             );
         } else {
             let dir = PathBuf::from(value);

@@ -659,3 +659,44 @@ fn diff_id_of<R: Read + Send>(r: R) -> io::Result<(Compression, Digest)> {
     io::copy(&mut reader, &mut hasher)?;
     Ok((compression, hasher.finish()))
 }
+
+/// Imports the images of an OCI image layout directory (`index.json` and
+/// `blobs/`, as `oci-layout://PATH` names it), as [`import_archive`] does
+/// for the same files in a tar.
+pub fn import_oci_layout(
+    images: &ImageStore,
+    dir: &std::path::Path,
+    opts: &ImportOptions,
+) -> Result<Vec<LoadedImage>, ArchiveError> {
+    if !dir.join("index.json").is_file() {
+        return Err(ArchiveError::Read(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "{} has no index.json: not an OCI image layout",
+                dir.display()
+            ),
+        )));
+    }
+    let (reader, writer) = io::pipe().map_err(ArchiveError::Read)?;
+    std::thread::scope(|s| {
+        let tarring = s.spawn(move || -> io::Result<()> {
+            let mut builder = tar::Builder::new(writer);
+            builder.follow_symlinks(false);
+            builder.append_dir_all(".", dir)?;
+            builder.into_inner().map(drop)
+        });
+        let imported = import_archive(images, reader, opts);
+        match tarring.join() {
+            Ok(Ok(())) => imported,
+            // The import stopped reading (done, or failed on its own).
+            Ok(Err(e)) if e.kind() == io::ErrorKind::BrokenPipe => imported,
+            Ok(Err(e)) => Err(ArchiveError::Entry {
+                path: dir.display().to_string(),
+                source: e,
+            }),
+            Err(_) => Err(ArchiveError::Read(io::Error::other(
+                "reading the OCI layout panicked",
+            ))),
+        }
+    })
+}

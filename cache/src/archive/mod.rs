@@ -23,7 +23,7 @@ pub use export::{
     DockerExporter, ExportImage, ExportKind, ExportOptions, ExportReport, ExportSpec, Exporter,
     LocalExporter, OciExporter, TarExporter,
 };
-pub use import::{ImportOptions, LoadedImage, import_archive};
+pub use import::{ImportOptions, LoadedImage, import_archive, import_oci_layout};
 
 /// An error while importing or exporting an archive.
 #[derive(Debug, thiserror::Error)]
