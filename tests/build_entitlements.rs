@@ -95,8 +95,8 @@ RUN --security=sandbox grep CapEff /proc/self/status > /out/caps-sandbox
     assert_eq!(read(&out, "out/net-none"), "lo\n");
     assert_eq!(read(&out, "out/ip-none"), "lo\n");
 
-    // Every capability this (root) test process holds, which are all the
-    // kernel's when it runs as real root.
+    // Every capability this (root) test process holds; all the kernel's
+    // when it has them all (a container may lack some, e.g. SYS_RESOURCE).
     let own = fs::read_to_string("/proc/self/status").unwrap();
     let own_eff = own
         .lines()
@@ -165,7 +165,7 @@ RUN mkdir /out && ulimit -Sn > /out/nofile-soft && ulimit -Hn > /out/nofile-hard
     assert_eq!(read(&out, "out/nofile-hard"), "2048\n");
     assert_eq!(read(&out, "out/core"), "0\n");
 
-    // A hard limit above builder's own is raised too (builder is root).
+    // Without HARD both limits are SOFT; -1 is unlimited.
     let out = t.build_local(
         dockerfile,
         &[],
