@@ -1,5 +1,6 @@
 //! Build inputs other than a local directory, end to end, as root: a
-//! context tar on stdin (plain and gzip), a context tarball served over
+//! context tar on stdin (plain and every compression) or a plain
+//! Dockerfile there, a context tarball served over
 //! HTTP by a server in the test, git contexts from a local repository
 //! (`file://…/repo.git#branch:subdir`, `.git` dropped unless
 //! `BUILDKIT_CONTEXT_KEEP_GIT_DIR=1`), and `ADD <git url>` with and without
@@ -100,7 +101,17 @@ fn setup() -> Option<TestRoot> {
 fn context_tar_on_stdin() {
     let Some(t) = setup() else { return };
     let ctx = context(&t);
-    for (flag, name) in [("", "ctx.tar"), ("-z", "ctx.tar.gz")] {
+    let mut kinds = vec![("", "ctx.tar"), ("-z", "ctx.tar.gz")];
+    for (flag, name, tool) in [
+        ("-j", "ctx.tar.bz2", "bzip2"),
+        ("-J", "ctx.tar.xz", "xz"),
+        ("--zstd", "ctx.tar.zst", "zstd"),
+    ] {
+        if tool_available(tool) {
+            kinds.push((flag, name));
+        }
+    }
+    for (flag, name) in kinds {
         let archive = t.path(name);
         tar(&ctx, &archive, flag);
         let out = build_to(&t, "-", &[], Some(&archive));
@@ -121,9 +132,15 @@ fn context_tar_on_stdin() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("stdin"), "{}", stderr(&o));
 
-    // Not a tar: a clear error.
-    let junk = t.path("junk");
-    fs::write(&junk, "this is not a tar archive, not at all, no.").unwrap();
+    // Not a tar: a Dockerfile, with an empty context (as docker).
+    let dockerfile = t.path("Dockerfile.stdin");
+    fs::write(&dockerfile, "FROM base\nRUN echo built > /from-stdin\n").unwrap();
+    let out = build_to(&t, "-", &[], Some(&dockerfile));
+    assert_eq!(read(&out, "from-stdin"), "built\n");
+
+    // A broken compressed tar: a clear error.
+    let junk = t.path("junk.gz");
+    fs::write(&junk, b"\x1f\x8b\x08\x00 this is not gzip data at all").unwrap();
     let mut c = t.builder();
     c.args(["build", "-"])
         .stdin(Stdio::from(fs::File::open(&junk).unwrap()));

@@ -3,7 +3,7 @@
 //! (`URL#REF:SUBDIR`). Remote contexts are materialised in a directory
 //! under `ROOT/tmp`, removed when the build ends.
 
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -106,7 +106,7 @@ pub(crate) fn prepare(
             let dir = tmp.join("context");
             std::fs::create_dir(&dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
-            remote::unpack_context_tar(io::stdin(), &dir, "the context on stdin")
+            materialise(io::stdin(), &dir, "the context on stdin")
                 .context("unable to prepare the context from stdin")?;
             context.dir = dir;
         }
@@ -116,7 +116,7 @@ pub(crate) fn prepare(
             let dir = tmp.join("context");
             std::fs::create_dir(&dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
-            remote::unpack_context_tar(download, &dir, spec)
+            materialise(download, &dir, spec)
                 .with_context(|| format!("unable to prepare the context {spec}"))?;
             context.dir = dir;
         }
@@ -135,6 +135,35 @@ pub(crate) fn prepare(
     };
     Ok(context)
 }
+
+/// Writes what `input` holds into the existing directory `dir`: a tar
+/// (compressed, or with the ustar magic) is unpacked; anything else is a
+/// Dockerfile and the context is otherwise empty, as with docker.
+fn materialise(mut input: impl Read + Send, dir: &Path, what: &str) -> anyhow::Result<()> {
+    let mut head = Vec::with_capacity(TAR_BLOCK);
+    (&mut input)
+        .take(TAR_BLOCK as u64)
+        .read_to_end(&mut head)
+        .with_context(|| format!("cannot read {what}"))?;
+    let compressed = head.starts_with(&[0x1f, 0x8b])
+        || head.starts_with(b"BZh")
+        || head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00])
+        || head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]);
+    let tar = head.get(257..262) == Some(b"ustar".as_slice());
+    let whole = io::Cursor::new(head).chain(input);
+    if compressed || tar {
+        remote::unpack_context_tar(whole, dir, what)?;
+        return Ok(());
+    }
+    let path = dir.join("Dockerfile");
+    let mut file = std::fs::File::create(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    io::copy(&mut { whole }, &mut file).with_context(|| format!("cannot read {what}"))?;
+    Ok(())
+}
+
+/// A tar header's size; the ustar magic is at offset 257.
+const TAR_BLOCK: usize = 512;
 
 /// A new directory under `ROOT/tmp`.
 fn temp_dir(root: &Path) -> anyhow::Result<PathBuf> {
