@@ -85,6 +85,31 @@ fn directory_context_replaces_a_stage_of_that_name() {
 }
 
 #[test]
+fn from_a_directory_context_makes_it_the_filesystem() {
+    if !sandbox_available() {
+        return;
+    }
+    let t = TestRoot::new();
+    let rootfs = dir(
+        &t,
+        &[
+            ("etc/os-release", "ID=fromdir\n"),
+            ("skip.tmp", "ignored\n"),
+            (".dockerignore", "*.tmp\n"),
+        ],
+    );
+    let spec = format!("rootdir={rootfs}");
+    let out = t.build_local(
+        "FROM rootdir\nCOPY data.txt /added.txt\n",
+        &[("data.txt", "main context\n")],
+        &["--build-context", &spec],
+    );
+    assert_eq!(read(&out, "/etc/os-release"), "ID=fromdir\n");
+    assert_eq!(read(&out, "/added.txt"), "main context\n");
+    assert!(!out.join("skip.tmp").exists());
+}
+
+#[test]
 fn image_context_replaces_an_image_and_a_stage() {
     if !sandbox_available() {
         return;

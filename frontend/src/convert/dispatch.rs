@@ -11,7 +11,9 @@ use super::platform::Platform;
 use super::stages::{Base, Plan, SourceRef, normalize_reference};
 use super::{CompileOptions, Warning};
 use crate::error::{Position, SourceError};
-use crate::graph::{BuildGraph, ContextOp, Op, Shared, SourceOp, Vertex, VertexId};
+use crate::graph::{
+    BuildGraph, ContextOp, CopyOp, CopySource, Op, Shared, SourceOp, Vertex, VertexId,
+};
 use crate::instructions::{Instruction, Locator, Span};
 use crate::shell::Lexer;
 
@@ -402,7 +404,38 @@ impl<'a> Converter<'a> {
                 };
                 st.tip = match base {
                     Base::Scratch => self.scratch(),
-                    Base::Context(name) => self.context(name, "/"),
+                    Base::Context(name) => {
+                        // FROM a local context (`--build-context NAME=DIR`):
+                        // the directory becomes the filesystem, copied onto
+                        // scratch as `COPY --from=NAME / /` would.
+                        let scratch = self.scratch();
+                        let context = self.context(name, "/");
+                        let description = st.describe(&format!("FROM {name}"));
+                        let op = CopyOp {
+                            add: false,
+                            sources: vec![CopySource::Path {
+                                path: "/".into(),
+                                pivot: None,
+                            }],
+                            dest: "/".into(),
+                            chown: None,
+                            chmod: None,
+                            link: false,
+                            parents: false,
+                            exclude: Vec::new(),
+                            checksum: None,
+                            unpack: Some(false),
+                            keep_git_dir: false,
+                        };
+                        self.add_vertex(
+                            Op::Copy(Box::new(op)),
+                            vec![scratch, context],
+                            description,
+                            Some(st.index),
+                            None,
+                            BTreeSet::new(),
+                        )
+                    }
                     Base::Image(reference) => {
                         let resolved = sp.resolved.clone();
                         let digest = resolved.as_ref().and_then(|r| r.digest.clone());
