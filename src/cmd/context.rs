@@ -122,9 +122,14 @@ pub(crate) fn prepare(
         }
         Kind::Git => {
             // `git clone` wants a URL or a path; a local path is fine as is.
-            let dir =
-                remote::git_checkout(spec, &tmp.join("checkout"), keep_git_dir(build_args), None)
-                    .with_context(|| format!("unable to prepare the git context {spec}"))?;
+            let dir = remote::git_checkout(
+                spec,
+                &tmp.join("checkout"),
+                keep_git_dir(build_args),
+                None,
+                cancel,
+            )
+            .with_context(|| format!("unable to prepare the git context {spec}"))?;
             context.dir = dir;
         }
         Kind::Dir => unreachable!("handled above"),

@@ -361,7 +361,13 @@ fn add_git(op: &CopyOp, url: &str, cx: &CopyContext<'_>) -> Result<CopyStats, Co
             source,
         })?;
     let checkout = tmp.path().join("checkout");
-    let root = remote::git_checkout(url, &checkout, op.keep_git_dir, op.checksum.as_deref())?;
+    let root = remote::git_checkout(
+        url,
+        &checkout,
+        op.keep_git_dir,
+        op.checksum.as_deref(),
+        cx.cancel,
+    )?;
     if cx.cancel.is_cancelled() {
         return Err(CopyError::Cancelled);
     }

@@ -9,7 +9,8 @@
 use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use super::CopyError;
 use super::fetch::Fetcher;
@@ -62,22 +63,54 @@ fn looks_like_commit(r: &str) -> bool {
     (7..=64).contains(&r.len()) && r.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-fn git_failed(url: &str, what: &str, out: &std::process::Output) -> CopyError {
-    let stderr = String::from_utf8_lossy(&out.stderr);
+fn git_failed(url: &str, what: &str, status: std::process::ExitStatus, stderr: &[u8]) -> CopyError {
+    let stderr = String::from_utf8_lossy(stderr);
     CopyError::Git {
         url: url.to_owned(),
-        reason: format!("{what} failed ({}): {}", out.status, stderr.trim()),
+        reason: format!("{what} failed ({status}): {}", stderr.trim()),
     }
 }
 
-fn run_git(url: &str, what: &str, cmd: &mut Command) -> Result<(), CopyError> {
-    cmd.env("GIT_TERMINAL_PROMPT", "0");
-    let out = cmd.output().map_err(|e| CopyError::Git {
+/// Runs git, killing it when `cancel` fires.
+fn run_git(
+    url: &str,
+    what: &str,
+    cmd: &mut Command,
+    cancel: &CancelHandle,
+) -> Result<(), CopyError> {
+    let cannot_run = |e: io::Error| CopyError::Git {
         url: url.to_owned(),
         reason: format!("cannot run git: {e}"),
-    })?;
-    if !out.status.success() {
-        return Err(git_failed(url, what, &out));
+    };
+    let mut child = cmd
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(cannot_run)?;
+    // Read stderr aside so that a chatty git cannot block on a full pipe.
+    let mut pipe = child.stderr.take().expect("stderr is piped");
+    let reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = pipe.read_to_end(&mut buf);
+        buf
+    });
+    let status = loop {
+        if cancel.is_cancelled() {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = reader.join();
+            return Err(CopyError::Cancelled);
+        }
+        match child.try_wait().map_err(cannot_run)? {
+            Some(status) => break status,
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    let stderr = reader.join().unwrap_or_default();
+    if !status.success() {
+        return Err(git_failed(url, what, status, &stderr));
     }
     Ok(())
 }
@@ -91,6 +124,7 @@ pub fn git_checkout(
     dest: &Path,
     keep_git_dir: bool,
     expected_commit: Option<&str>,
+    cancel: &CancelHandle,
 ) -> Result<PathBuf, CopyError> {
     let src = GitSource::parse(spec);
     let url = src.url.as_str();
@@ -107,7 +141,7 @@ pub fn git_checkout(
         }
     }
     clone.arg("--").arg(url).arg(dest);
-    run_git(url, "git clone", &mut clone)?;
+    run_git(url, "git clone", &mut clone, cancel)?;
     if !shallow {
         let r = src.reference.as_deref().expect("a commit was given");
         run_git(
@@ -120,6 +154,7 @@ pub fn git_checkout(
                 "--quiet",
                 r,
             ]),
+            cancel,
         )?;
         run_git(
             url,
@@ -131,6 +166,7 @@ pub fn git_checkout(
                 "--recursive",
                 "--quiet",
             ]),
+            cancel,
         )?;
     }
     if let Some(expected) = expected_commit {
@@ -144,7 +180,12 @@ pub fn git_checkout(
                 reason: format!("cannot run git: {e}"),
             })?;
         if !out.status.success() {
-            return Err(git_failed(url, "git rev-parse HEAD", &out));
+            return Err(git_failed(
+                url,
+                "git rev-parse HEAD",
+                out.status,
+                &out.stderr,
+            ));
         }
         let actual = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         if expected.is_empty() || !actual.starts_with(expected) {
@@ -296,6 +337,27 @@ mod tests {
         let s = GitSource::parse("file:///x/r.git");
         assert_eq!(s.reference, None);
         assert_eq!(s.subdir, None);
+    }
+
+    #[test]
+    fn a_clone_stops_when_cancelled() {
+        // A server that accepts and never answers: git would wait forever.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let dir = tempfile::tempdir().unwrap();
+        let cancel = CancelHandle::new();
+        let canceller = cancel.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            canceller.cancel();
+        });
+        let started = std::time::Instant::now();
+        let url = format!("git://127.0.0.1:{port}/repo.git");
+        let err = git_checkout(&url, &dir.path().join("c"), false, None, &cancel).unwrap_err();
+        t.join().unwrap();
+        drop(listener);
+        assert!(matches!(err, CopyError::Cancelled), "{err:?}");
+        assert!(started.elapsed() < Duration::from_secs(10));
     }
 
     #[test]
