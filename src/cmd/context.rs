@@ -69,8 +69,7 @@ fn keep_git_dir(build_args: &[String]) -> bool {
     build_args
         .iter()
         .filter_map(|a| a.split_once('='))
-        .filter(|(k, _)| *k == KEEP_GIT_DIR_ARG)
-        .last()
+        .rfind(|(k, _)| *k == KEEP_GIT_DIR_ARG)
         .is_some_and(|(_, v)| matches!(v.trim(), "1" | "true" | "TRUE" | "True"))
 }
 

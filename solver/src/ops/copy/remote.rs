@@ -128,10 +128,7 @@ pub fn git_checkout(
 ) -> Result<PathBuf, CopyError> {
     let src = GitSource::parse(spec);
     let url = src.url.as_str();
-    let shallow = match &src.reference {
-        Some(r) if looks_like_commit(r) => false,
-        _ => true,
-    };
+    let shallow = !src.reference.as_deref().is_some_and(looks_like_commit);
     let mut clone = Command::new("git");
     clone.args(["clone", "--quiet", "--recurse-submodules"]);
     if shallow {
