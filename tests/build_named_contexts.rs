@@ -64,6 +64,71 @@ fn directory_context_feeds_copy_and_run_mounts_with_its_own_dockerignore() {
 }
 
 #[test]
+fn directory_context_steps_are_cached_by_its_content() {
+    if !sandbox_available() {
+        return;
+    }
+    let t = TestRoot::new();
+    t.busybox_image("busybox", json!({"Cmd": ["sh"]}));
+    let ctx = t.context(&[(
+        "Dockerfile",
+        "FROM busybox\n\
+         COPY --from=extra data.txt /data.txt\n\
+         RUN --mount=from=extra,target=/mnt cat /mnt/other.txt > /other.txt\n",
+    )]);
+    let extra = dir(
+        &t,
+        &[
+            ("data.txt", "data\n"),
+            ("other.txt", "other\n"),
+            ("notes.key", "ignored\n"),
+            (".dockerignore", "*.key\n"),
+        ],
+    );
+    let spec = format!("extra={extra}");
+    let args = ["--build-context", spec.as_str()];
+    let copy = "COPY --from=extra data.txt /data.txt";
+    let run = "RUN --mount=from=extra,target=/mnt cat /mnt/other.txt > /other.txt";
+    let steps = |v: Vec<String>| -> Vec<String> {
+        let mut v: Vec<String> = v.into_iter().filter(|s| s != "FROM busybox").collect();
+        v.sort();
+        v
+    };
+
+    let cold = t.build_json_ok(&ctx, &args);
+    assert_eq!(steps(cold.ran()), [copy, run], "{cold:#?}");
+    let warm = t.build_json_ok(&ctx, &args);
+    assert_eq!(steps(warm.ran()), Vec::<String>::new(), "{warm:#?}");
+    assert_eq!(steps(warm.cached()), [copy, run], "{warm:#?}");
+
+    // A file the .dockerignore excludes changes nothing.
+    fs::write(Path::new(&extra).join("notes.key"), "changed\n").unwrap();
+    let ignored = t.build_json_ok(&ctx, &args);
+    assert_eq!(steps(ignored.ran()), Vec::<String>::new(), "{ignored:#?}");
+
+    // Only the step reading the changed file runs again.
+    fs::write(Path::new(&extra).join("other.txt"), "changed\n").unwrap();
+    let changed = t.build_json_ok(&ctx, &args);
+    assert_eq!(steps(changed.ran()), [run], "{changed:#?}");
+    assert_eq!(steps(changed.cached()), [copy], "{changed:#?}");
+
+    // Keys follow content, not where the directory is: a copy elsewhere
+    // hits the cache.
+    let copy_dir = dir(
+        &t,
+        &[
+            ("data.txt", "data\n"),
+            ("other.txt", "changed\n"),
+            ("notes.key", "not the same, but ignored\n"),
+            (".dockerignore", "*.key\n"),
+        ],
+    );
+    let copy_spec = format!("extra={copy_dir}");
+    let moved = t.build_json_ok(&ctx, &["--build-context", &copy_spec]);
+    assert_eq!(steps(moved.ran()), Vec::<String>::new(), "{moved:#?}");
+}
+
+#[test]
 fn directory_context_replaces_a_stage_of_that_name() {
     if !sandbox_available() {
         return;

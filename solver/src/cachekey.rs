@@ -170,8 +170,9 @@ pub struct KeyError {
 pub struct KeyComputer<'a> {
     graph: &'a BuildGraph,
     req: &'a BuildRequest,
-    /// Made when the first step reads the context.
-    hasher: Option<ContextHasher>,
+    /// One per local context (`context`, or a `--build-context NAME=DIR`),
+    /// made when the first step reads it.
+    hashers: BTreeMap<String, ContextHasher>,
     store: &'a cache::store::Store,
     cancel: &'a CancelHandle,
 }
@@ -186,7 +187,7 @@ impl<'a> KeyComputer<'a> {
         KeyComputer {
             graph,
             req,
-            hasher: None,
+            hashers: BTreeMap::new(),
             store,
             cancel,
         }
@@ -194,32 +195,39 @@ impl<'a> KeyComputer<'a> {
 
     /// Persists what the context hasher learnt (its stat cache).
     pub fn save(&self) {
-        if let Some(hasher) = &self.hasher {
+        for hasher in self.hashers.values() {
             // Losing the stat cache only costs re-reading files next time.
             let _ = hasher.save();
         }
     }
 
+    /// The content sum of `paths` of the local context `context`; `None`
+    /// when the request has no local context of that name (the step fails
+    /// when it runs).
     fn context_sum(
         &mut self,
         vertex: VertexId,
+        context: &str,
         paths: Vec<&str>,
         exclude: &[String],
         owners: bool,
-    ) -> Result<ContextSum, KeyError> {
-        if self.hasher.is_none() {
-            let hasher =
-                ContextHasher::new(self.store, &self.req.context_dir, self.req.ignore.as_ref())
-                    .map_err(|source| KeyError { vertex, source })?;
-            self.hasher = Some(hasher);
+    ) -> Result<Option<ContextSum>, KeyError> {
+        let Some((dir, ignore)) = self.req.local_context(context) else {
+            return Ok(None);
+        };
+        if !self.hashers.contains_key(context) {
+            let hasher = ContextHasher::new(self.store, dir, ignore)
+                .map_err(|source| KeyError { vertex, source })?;
+            self.hashers.insert(context.to_owned(), hasher);
         }
-        let hasher = self.hasher.as_ref().expect("just made");
+        let hasher = &self.hashers[context];
         hasher
             .checksum(&Selection {
                 paths,
                 exclude,
                 owners,
             })
+            .map(Some)
             .map_err(|source| KeyError { vertex, source })
     }
 
@@ -413,13 +421,12 @@ impl<'a> KeyComputer<'a> {
                 let Some(&input) = vertex.inputs.get(slot) else {
                     return Ok(None);
                 };
-                if matches!(self.graph.vertex(input).op, Op::Context(_)) {
-                    if !is_main_context(self.graph, input) {
-                        return Ok(None);
-                    }
+                if let Op::Context(c) = &self.graph.vertex(input).op {
                     // A bind mount shows the files' owners.
-                    let sum = self.context_sum(id, vec![source], &[], true)?;
-                    b.add_context(format!("{name} context files"), sum);
+                    let Some(sum) = self.context_sum(id, &c.name, vec![source], &[], true)? else {
+                        return Ok(None);
+                    };
+                    b.add_context(format!("{name} {} files", context_label(&c.name)), sum);
                 } else {
                     let Some(key) = keys[input].as_ref() else {
                         return Ok(None);
@@ -506,13 +513,12 @@ impl<'a> KeyComputer<'a> {
             let Some(&from) = vertex.inputs.get(1) else {
                 return Ok(None);
             };
-            if matches!(self.graph.vertex(from).op, Op::Context(_)) {
-                if !is_main_context(self.graph, from) {
-                    return Ok(None);
-                }
+            if let Op::Context(c) = &self.graph.vertex(from).op {
                 // COPY makes context files 0:0: their owners do not matter.
-                let sum = self.context_sum(id, paths, &op.exclude, false)?;
-                b.add_context("context files", sum);
+                let Some(sum) = self.context_sum(id, &c.name, paths, &op.exclude, false)? else {
+                    return Ok(None);
+                };
+                b.add_context(format!("{} files", context_label(&c.name)), sum);
             } else {
                 let Some(key) = keys[from].as_ref() else {
                     return Ok(None);
@@ -547,10 +553,14 @@ fn input_key<'k>(input: Option<&VertexId>, keys: &'k [Option<VertexKey>]) -> Opt
     keys[*input?].as_ref()
 }
 
-/// Only the main build context is hashed by content; a step reading a named
-/// context (`--build-context NAME=DIR`) gets no key and always runs.
-fn is_main_context(graph: &BuildGraph, id: VertexId) -> bool {
-    matches!(&graph.vertex(id).op, Op::Context(c) if c.name == "context")
+/// How a key names a local context's files: `context` for the main one
+/// (as before named contexts were keyed), `context NAME` for another.
+fn context_label(name: &str) -> String {
+    if name == "context" {
+        "context".into()
+    } else {
+        format!("context {name:?}")
+    }
 }
 
 fn mount_label(mount: &frontend::graph::ExecMount) -> String {
