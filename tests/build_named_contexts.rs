@@ -147,6 +147,15 @@ fn directory_context_replaces_a_stage_of_that_name() {
     let spec = format!("gen={gen_dir}");
     let out = t.build_local(dockerfile, &[], &["--build-context", &spec]);
     assert_eq!(read(&out, "/value.txt"), "from the directory\n");
+    // Built as the target, the replaced stage is the directory itself: its
+    // RUN does not run.
+    let out = t.build_local(
+        dockerfile,
+        &[],
+        &["--build-context", &spec, "--target", "gen"],
+    );
+    assert_eq!(read(&out, "/value.txt"), "from the directory\n");
+    assert!(!out.join("bin").exists(), "not busybox with a RUN on top");
 }
 
 #[test]

@@ -68,7 +68,8 @@ impl ImageResolver for NoResolver {
 }
 
 /// A context given by name (`--build-context NAME=…`). A FROM or `--from`
-/// naming it (and no stage) uses it instead of an image.
+/// naming it uses it instead of an image or a stage of that name, and a
+/// stage of that name is replaced by it, as BuildKit does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NamedContext {
     /// A local directory, read through a context vertex of that name.

@@ -147,10 +147,16 @@ pub(crate) fn plan<'a>(
         let lower = base_name.to_ascii_lowercase();
         // A context given by name wins over a stage or image of that name
         // (as BuildKit's `--build-context`).
-        let named = opts.named_contexts.get(&base_name);
-        let base = if let Some(named) = named {
+        // A stage named as a context is that context (its own FROM and
+        // commands are not used).
+        let replaced = s
+            .name
+            .as_ref()
+            .and_then(|n| Some((n, opts.named_contexts.get(n)?)));
+        let named = opts.named_contexts.get(&base_name).map(|c| (&base_name, c));
+        let base = if let Some((name, named)) = replaced.or(named) {
             match named {
-                NamedContext::Local => Base::Context(base_name.clone()),
+                NamedContext::Local => Base::Context(name.clone()),
                 NamedContext::Image(r) => Base::Image(r.clone()),
             }
         } else if let Some(&j) = names.get(&lower).filter(|&&j| j < i) {
@@ -200,6 +206,13 @@ pub(crate) fn plan<'a>(
     for i in 0..plan.stages.len() {
         let def = plan.stages[i].def;
         let mut commands = Vec::with_capacity(def.commands.len());
+        if def
+            .name
+            .as_ref()
+            .is_some_and(|n| plan.opts.named_contexts.contains_key(n))
+        {
+            continue;
+        }
         for c in &def.commands {
             let sources = plan.sources(c, lexer)?;
             commands.push(Planned {
