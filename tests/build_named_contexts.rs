@@ -254,6 +254,9 @@ fn oci_layout_context_is_imported_and_used_by_tag_or_digest() {
     let by_tag = format!("base=oci-layout://{}:v1", layout.display());
     let out = t.build_local(dockerfile, &[], &["--build-context", &by_tag]);
     assert_eq!(read(&out, "/seen.txt"), "from the layout\n");
+    // `--pull` does not look for the layout's image in a registry.
+    let out = t.build_local(dockerfile, &[], &["--build-context", &by_tag, "--pull"]);
+    assert_eq!(read(&out, "/seen.txt"), "from the layout\n");
     let by_digest = format!("base=oci-layout://{}@{digest}", layout.display());
     let out = t.build_local(
         "FROM scratch\nCOPY --from=base /etc/marker /copied.txt\n",
