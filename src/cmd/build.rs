@@ -710,6 +710,10 @@ fn named_contexts(
                     "invalid --build-context {spec:?}: docker-image:// needs an image reference"
                 );
             }
+            if let Err(e) = cache::registry::parse_reference(reference) {
+                return Err(anyhow::Error::new(e))
+                    .with_context(|| format!("invalid --build-context {spec:?}"));
+            }
             NamedContext::Image(reference.to_owned())
         } else if let Some(layout) = value.strip_prefix("oci-layout://") {
             let (dir, _) = oci_layout_spec(layout)
