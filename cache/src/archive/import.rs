@@ -677,13 +677,23 @@ pub fn import_oci_layout(
             ),
         )));
     }
-    let (reader, writer) = io::pipe().map_err(ArchiveError::Read)?;
+    // The tar is streamed through a bounded channel (no temporary copy).
+    let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+    let writer = ChunkWriter {
+        sender,
+        buf: Vec::new(),
+    };
+    let reader = ChunkReader {
+        receiver,
+        chunk: Vec::new(),
+        at: 0,
+    };
     std::thread::scope(|s| {
         let tarring = s.spawn(move || -> io::Result<()> {
             let mut builder = tar::Builder::new(writer);
             builder.follow_symlinks(false);
             builder.append_dir_all(".", dir)?;
-            builder.into_inner().map(drop)
+            builder.into_inner()?.flush()
         });
         let imported = import_archive(images, reader, opts);
         match tarring.join() {
@@ -699,4 +709,65 @@ pub fn import_oci_layout(
             ))),
         }
     })
+}
+
+/// The writing end of [`import_oci_layout`]'s stream: 256 KiB chunks.
+struct ChunkWriter {
+    sender: std::sync::mpsc::SyncSender<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl ChunkWriter {
+    const CHUNK: usize = 256 * 1024;
+
+    fn send(&mut self) -> io::Result<()> {
+        let chunk = std::mem::take(&mut self.buf);
+        self.sender
+            .send(chunk)
+            .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))
+    }
+}
+
+impl Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= Self::CHUNK {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            self.send()
+        }
+    }
+}
+
+/// The reading end of [`import_oci_layout`]'s stream; ends when the writer
+/// is dropped.
+struct ChunkReader {
+    receiver: std::sync::mpsc::Receiver<Vec<u8>>,
+    chunk: Vec<u8>,
+    at: usize,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.at == self.chunk.len() {
+            match self.receiver.recv() {
+                Ok(chunk) => {
+                    self.chunk = chunk;
+                    self.at = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.chunk.len() - self.at);
+        out[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
 }
