@@ -283,13 +283,14 @@ fn bad_build_context_specs_are_refused_clearly() {
     let ctx = t.context(&[("Dockerfile", "FROM scratch\n")]);
     let missing = t.path("does-not-exist");
     let missing_spec = format!("x={}", missing.display());
-    let cases: [(&str, &str); 8] = [
+    let cases: [(&str, &str); 9] = [
         ("noequals", "expected NAME=DIR"),
         ("=dir", "must not be empty"),
         ("x=ftp://host/dir", "unknown source ftp://"),
         ("x=docker-image://", "needs an image reference"),
         ("x=docker-image://Not A Ref", "invalid reference"),
         ("x=oci-layout://", "needs a directory"),
+        ("x=oci-layout:///proc/self", "is not an OCI image layout"),
         ("context=/", "main build context"),
         (missing_spec.as_str(), "is not a directory"),
     ];
