@@ -291,6 +291,19 @@ fn git_contexts() {
     let out = build_to(&t, &format!("{path}#feature:app"), &[], None);
     assert_eq!(read(&out, "app/app.txt"), "the app\n");
 
+    // A subdirectory reached through a link out of the checkout is refused.
+    let dir = url.trim_start_matches("file://");
+    std::os::unix::fs::symlink("/etc", Path::new(dir).join("escape")).unwrap();
+    git(Path::new(dir), &["add", "escape"]);
+    git(Path::new(dir), &["commit", "-q", "-m", "link"]);
+    let o = t.output(&["build", &format!("{url}#main:escape")]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("leaves the repository through a link"),
+        "{}",
+        stderr(&o)
+    );
+
     // A ref that does not exist: the error names the URL.
     let bad = format!("{url}#no-such-branch");
     let o = t.output(&["build", &bad]);

@@ -46,7 +46,7 @@ use crate::solve::BuildRequest;
 
 /// The version of the key scheme; changing how anything is keyed must
 /// change it, so that old records are never matched by new keys.
-pub const KEY_VERSION: &str = "builder-cache-key-v3";
+pub const KEY_VERSION: &str = "builder-cache-key-v4";
 
 /// One named input of a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -323,6 +323,17 @@ impl<'a> KeyComputer<'a> {
             .collect();
         let hosts: Vec<&[u8]> = hosts.iter().map(|h| h.as_bytes()).collect();
         b.add("extra hosts", &hosts);
+        // What the step may use: /dev/shm's size and its resource limits.
+        let shm = self.req.shm_size.map(|s| s.to_string());
+        b.add_opt("shm size", shm.as_deref());
+        let limits: Vec<String> = self
+            .req
+            .ulimits
+            .iter()
+            .map(|u| format!("{}:{}:{}", u.resource, u.soft, u.hard))
+            .collect();
+        let limits: Vec<&[u8]> = limits.iter().map(|l| l.as_bytes()).collect();
+        b.add("ulimits", &limits);
         for file in &op.files {
             b.add(
                 format!("file {}", file.path),
@@ -422,6 +433,13 @@ impl<'a> KeyComputer<'a> {
                     return Ok(None);
                 };
                 if let Op::Context(c) = &self.graph.vertex(input).op {
+                    // A bind mount's source is a literal path while the
+                    // context selection reads patterns: a source with
+                    // pattern characters (`data[1]`) is not cached rather
+                    // than keyed by what the pattern would match.
+                    if source.contains(['*', '?', '[', '\\']) {
+                        return Ok(None);
+                    }
                     // A bind mount shows the files' owners.
                     let Some(sum) = self.context_sum(id, &c.name, vec![source], &[], true)? else {
                         return Ok(None);
@@ -607,6 +625,43 @@ mod tests {
         BuildRequest::new(dockerfile, "Dockerfile", std::env::temp_dir())
     }
 
+    /// The key of the last vertex, or `None` when it is not cached.
+    fn target_key_opt(req: &BuildRequest) -> Option<VertexKey> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("root")).unwrap();
+        let images = ImageStore::new(store.clone());
+        let resolver = crate::LocalResolver::new(&images);
+        let compiled =
+            frontend::convert::compile(&req.dockerfile, &req.options, &resolver).unwrap();
+        let graph = &compiled.graph;
+        let cancel = CancelHandle::new();
+        let mut computer = KeyComputer::new(graph, req, &store, &cancel);
+        let mut keys = vec![None; graph.len()];
+        for id in 0..graph.len() {
+            keys[id] = computer.key(id, &keys, None).unwrap();
+        }
+        keys.pop().unwrap()
+    }
+
+    #[test]
+    fn a_bind_source_with_pattern_characters_is_not_cached() {
+        let ctx = tempfile::tempdir().unwrap();
+        std::fs::create_dir(ctx.path().join("data[1]")).unwrap();
+        std::fs::write(ctx.path().join("data[1]/f"), "x").unwrap();
+        let plain = BuildRequest::new(
+            "FROM scratch\nRUN --mount=type=bind,source=data,target=/d cat /d/f\n",
+            "Dockerfile",
+            ctx.path(),
+        );
+        assert!(target_key_opt(&plain).is_some());
+        let bracketed = BuildRequest::new(
+            "FROM scratch\nRUN --mount=type=bind,source=data[1],target=/d cat /d/f\n",
+            "Dockerfile",
+            ctx.path(),
+        );
+        assert!(target_key_opt(&bracketed).is_none());
+    }
+
     #[test]
     fn run_keys_cover_what_changes_a_run_and_nothing_else() {
         let base = request("FROM scratch\nARG V=1\nRUN make\n");
@@ -656,6 +711,17 @@ mod tests {
                 }),
             ),
             ("epoch", changed(&|r| r.source_date_epoch = Some(1))),
+            ("shm size", changed(&|r| r.shm_size = Some(1 << 27))),
+            (
+                "ulimits",
+                changed(&|r| {
+                    r.ulimits.push(crate::sandbox::Ulimit {
+                        resource: 7,
+                        soft: 1024,
+                        hard: 2048,
+                    })
+                }),
+            ),
         ] {
             assert_ne!(other.digest, key.digest, "{what}");
         }

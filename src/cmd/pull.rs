@@ -57,8 +57,12 @@ pub(crate) fn run(root: &Path, args: PullArgs) -> anyhow::Result<ExitCode> {
     let client = args.registry.client(args.platform.as_deref())?;
     let images = super::images::open(root)?;
     let started = Instant::now();
+    // Held until the image is named: a prune meanwhile must not remove a
+    // blob the pull found present and skipped.
+    let gc = images.store().lock_shared(cache::gc::GC_LOCK)?;
     let pulled = registry::pull(&client, &images, &reference)
         .with_context(|| format!("cannot pull {}", args.reference))?;
+    drop(gc);
     let full = registry::full_name(&reference);
     if args.quiet {
         println!("{full}");

@@ -188,8 +188,12 @@ fn find_or_pull(images: &ImageStore, args: &RunArgs) -> anyhow::Result<Image> {
     }
     let client = args.registry.client(args.platform.as_deref())?;
     let started = std::time::Instant::now();
+    // As for `builder pull`: no prune between skipping a present blob and
+    // naming the image.
+    let gc = images.store().lock_shared(cache::gc::GC_LOCK)?;
     let pulled = registry::ensure_image(&client, images, &reference, policy)
         .with_context(|| format!("cannot pull {}", args.image))?;
+    drop(gc);
     super::pull::report(&pulled, &full, started, true);
     Ok(pulled.image)
 }

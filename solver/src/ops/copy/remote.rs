@@ -208,7 +208,19 @@ pub fn git_checkout(
                 });
             }
             let dir = dest.join(sub);
-            let meta = std::fs::symlink_metadata(&dir);
+            // A link on the way (`link -> /`) must not lead out of the
+            // checkout: the resolved directory has to stay inside it.
+            let inside = match (std::fs::canonicalize(&dir), std::fs::canonicalize(dest)) {
+                (Ok(resolved), Ok(top)) => resolved.starts_with(&top),
+                _ => true, // Missing: reported below.
+            };
+            if !inside {
+                return Err(CopyError::Git {
+                    url: url.to_owned(),
+                    reason: format!("subdirectory {sub:?} leaves the repository through a link"),
+                });
+            }
+            let meta = std::fs::metadata(&dir);
             if !meta.is_ok_and(|m| m.is_dir()) {
                 return Err(CopyError::Git {
                     url: url.to_owned(),
