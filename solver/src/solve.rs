@@ -484,6 +484,12 @@ pub fn build_with(
     let mut stats = BuildStats::default();
     let outcome = scheduler::run(&env, target.vertex, &mut stats);
     computer.save();
+    if let Some(message) = forget_results_of_a_changed_context(&env, &stats.executed) {
+        warnings.push(Warning {
+            position: None,
+            message,
+        });
+    }
     let state = outcome?;
 
     let chain = match state.as_ref() {
@@ -550,6 +556,56 @@ fn step_notes(graph: &frontend::graph::BuildGraph, req: &BuildRequest) -> Vec<Op
             Some(format!("step-{}", Digest::of(identity.as_bytes()).hex()))
         })
         .collect()
+}
+
+/// The keys were computed from the context as it was before any step ran,
+/// but a step reads the context when it runs: a file edited meanwhile (a
+/// branch switch during a long build) is copied as it is then. The steps
+/// that ran and read the context are keyed again from the context as it is
+/// now; where a key changed, the records of that step and of every step
+/// that ran after it on its result are removed, so that no later build is
+/// served content its key does not describe. Returns a warning when that
+/// happened.
+fn forget_results_of_a_changed_context(
+    env: &scheduler::Env<'_>,
+    executed: &[VertexId],
+) -> Option<String> {
+    let readers: Vec<VertexId> = executed
+        .iter()
+        .copied()
+        .filter(|&id| env.keys[id].as_ref().is_some_and(|k| !k.files.is_empty()))
+        .collect();
+    if readers.is_empty() {
+        return None;
+    }
+    let mut again = KeyComputer::new(env.graph, env.request, env.store, env.cancel);
+    let mut changed = vec![false; env.graph.len()];
+    for &id in &readers {
+        let old = env.keys[id].as_ref().map(|k| k.digest);
+        let now = again
+            .key(id, env.keys, env.sources[id])
+            .ok()
+            .flatten()
+            .map(|k| k.digest);
+        changed[id] = now != old;
+    }
+    // Executed vertices are in id order, a topological order.
+    let mut forgotten = Vec::new();
+    for &id in executed {
+        changed[id] |= env.graph.vertex(id).inputs.iter().any(|&i| changed[i]);
+        if changed[id] {
+            if let Some(key) = &env.keys[id] {
+                let _ = env.index.remove(&key.digest);
+            }
+            forgotten.push(env.graph.vertex(id).description.clone());
+        }
+    }
+    (!forgotten.is_empty()).then(|| {
+        format!(
+            "the build context changed while the build ran; these results were not kept in the cache: {}",
+            forgotten.join("; ")
+        )
+    })
 }
 
 /// Writes the image dated now, except that a build which ran nothing gives

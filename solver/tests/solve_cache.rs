@@ -41,10 +41,13 @@ const PATIENCE: Duration = Duration::from_secs(20);
 /// - `fail`: exit 1;
 /// - `block`: wait until the build is cancelled (then `Cancelled`);
 /// - `meet`: wait until two `meet` steps run at the same time;
-/// - `slow`: take 50 ms.
+/// - `slow`: take 50 ms;
+/// - `edit`: write `edit`'s content to its path (a context file edited
+///   while the build runs).
 #[derive(Default)]
 struct FakeExecutor {
     runs: Mutex<Vec<String>>,
+    edit: Mutex<Option<(PathBuf, String)>>,
     running: AtomicUsize,
     max_running: AtomicUsize,
     met: (Mutex<usize>, Condvar),
@@ -81,6 +84,11 @@ impl FakeExecutor {
         }
         if command.contains("slow") {
             std::thread::sleep(Duration::from_millis(50));
+        }
+        if command.contains("edit") {
+            if let Some((path, content)) = &*self.edit.lock().unwrap() {
+                fs::write(path, content).unwrap();
+            }
         }
         Ok(if command.contains("fail") { 1 } else { 0 })
     }
@@ -744,4 +752,36 @@ fn an_added_url_is_keyed_by_what_it_serves() {
             "ADD {url}/file.txt /file.txt: url {url}/file.txt changed"
         )]
     );
+}
+
+#[test]
+fn a_context_file_edited_during_the_build_leaves_no_wrong_record() {
+    require_root!();
+    let f = Fixture::new();
+    f.write("a.txt", "one");
+    let req = f.request("FROM scratch\nRUN edit\nCOPY a.txt /a.txt\nRUN after\n");
+    // The keys are computed from "one"; the RUN before the COPY changes
+    // the file, so the COPY copies "two".
+    let exec = FakeExecutor::default();
+    *exec.edit.lock().unwrap() = Some((f.context.join("a.txt"), "two".into()));
+    let first = f.build(&req, &exec, &solver::NoProgress).unwrap();
+    assert!(
+        first.warnings.iter().any(|w| w
+            .message
+            .contains("the build context changed while the build ran")),
+        "{:?}",
+        first.warnings
+    );
+    // Back to "one": the COPY and the step after it run again rather than
+    // serving the "two" that was copied under the key of "one".
+    f.write("a.txt", "one");
+    let exec = FakeExecutor::default();
+    let second = f.build(&req, &exec, &solver::NoProgress).unwrap();
+    assert_eq!(ran(&second), ["COPY a.txt /a.txt", "RUN after"]);
+    assert!(second.warnings.is_empty(), "{:?}", second.warnings);
+    // And now it is cached as usual.
+    let third = f
+        .build(&req, &FakeExecutor::default(), &solver::NoProgress)
+        .unwrap();
+    assert!(third.stats.executed.is_empty(), "{:?}", third.stats);
 }
