@@ -605,27 +605,15 @@ mod tests {
 
     /// The key of the target of `req`'s Dockerfile (built on scratch).
     fn target_key(req: &BuildRequest) -> VertexKey {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("root")).unwrap();
-        let images = ImageStore::new(store.clone());
-        let resolver = crate::LocalResolver::new(&images);
-        let compiled =
-            frontend::convert::compile(&req.dockerfile, &req.options, &resolver).unwrap();
-        let graph = &compiled.graph;
-        let cancel = CancelHandle::new();
-        let mut computer = KeyComputer::new(graph, req, &store, &cancel);
-        let mut keys = vec![None; graph.len()];
-        for id in 0..graph.len() {
-            keys[id] = computer.key(id, &keys, None).unwrap();
-        }
-        keys[compiled.target().vertex].clone().unwrap()
+        target_key_opt(req).expect("the target is cached")
     }
 
     fn request(dockerfile: &str) -> BuildRequest {
         BuildRequest::new(dockerfile, "Dockerfile", std::env::temp_dir())
     }
 
-    /// The key of the last vertex, or `None` when it is not cached.
+    /// The key of the target of `req`'s Dockerfile, or `None` when it is
+    /// not cached.
     fn target_key_opt(req: &BuildRequest) -> Option<VertexKey> {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path().join("root")).unwrap();
@@ -640,7 +628,7 @@ mod tests {
         for id in 0..graph.len() {
             keys[id] = computer.key(id, &keys, None).unwrap();
         }
-        keys.pop().unwrap()
+        keys[compiled.target().vertex].clone()
     }
 
     #[test]
