@@ -659,6 +659,12 @@ fn tty_ctrl_c_leaves_a_clean_screen_and_terminal() {
             .args(["-qfec", &command, "/dev/null"])
             .env_remove("BUILDER_ROOT")
             .env("TERM", "xterm-256color")
+            // `script` runs the command with $SHELL. The terminal's Ctrl-C
+            // reaches the whole foreground group, the shell included: dash
+            // dies of it before printing the status, bash waits for its child
+            // and goes on when the child exits instead of dying (as builder
+            // does, with 130), so the lines after the build are printed.
+            .env("SHELL", "/bin/bash")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
