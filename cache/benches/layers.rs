@@ -239,6 +239,22 @@ fn fresh_store(bench: &Path) -> Store {
     Store::open(&root).unwrap()
 }
 
+/// User and system CPU time of this process so far (all its threads, the
+/// compressor's workers included), from `/proc/self/stat` in clock ticks
+/// (1/100 s on Linux).
+fn cpu_times() -> (Duration, Duration) {
+    let stat = fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold
+    // spaces; utime and stime are the 14th and 15th fields overall.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        let t: u64 = fields.get(i).and_then(|f| f.parse().ok()).unwrap_or(0);
+        Duration::from_millis(t * 10)
+    };
+    (ticks(11), ticks(12))
+}
+
 fn make_layer(bench: &Path, tree: &Path, kind: Compression) -> (Duration, LayerDescriptor) {
     let opts = CreateOptions {
         compression: CompressionOptions::new(kind),
@@ -246,7 +262,18 @@ fn make_layer(bench: &Path, tree: &Path, kind: Compression) -> (Duration, LayerD
     };
     // A fresh store each time: a blob already present is not rewritten.
     let store = fresh_store(bench);
-    timed(|| create_layer(&store, tree, &opts).unwrap())
+    let (user0, sys0) = cpu_times();
+    let (took, desc) = timed(|| create_layer(&store, tree, &opts).unwrap());
+    let (user1, sys1) = cpu_times();
+    // Every run, not just the best: CPU time shows the work done, which a
+    // shared machine's load does not change the way it changes wall time.
+    println!(
+        "  create_layer {kind}: {:.2} s wall, {:.2} s user, {:.2} s sys",
+        took.as_secs_f64(),
+        (user1 - user0).as_secs_f64(),
+        (sys1 - sys0).as_secs_f64()
+    );
+    (took, desc)
 }
 
 struct Row {

@@ -114,12 +114,21 @@ pub fn create_layer(
     dir: &Path,
     opts: &CreateOptions,
 ) -> Result<LayerDescriptor, CreateError> {
+    create_layer_with(store, dir, opts, TarWriter::new(opts))
+}
+
+fn create_layer_with(
+    store: &Store,
+    dir: &Path,
+    opts: &CreateOptions,
+    tar: TarWriter,
+) -> Result<LayerDescriptor, CreateError> {
     let compressed = opts.compression.kind != crate::compression::Compression::None;
     let blob = store.blob_writer()?;
     let mut out = compressor(blob, &opts.compression)?;
     // An uncompressed blob is the tar itself, whose digest the store computes
     // anyway: hashing it a second time would only cost time.
-    let diff_id = stream_tar(dir, opts, &mut out, compressed)?;
+    let diff_id = stream_tar(dir, tar, &mut out, compressed)?;
     let blob = out.finish().map_err(CreateError::Write)?;
     let (digest, size) = blob.commit(None)?;
     Ok(LayerDescriptor {
@@ -137,7 +146,7 @@ pub fn write_layer_tar(
     opts: &CreateOptions,
     mut out: impl Write,
 ) -> Result<Digest, CreateError> {
-    let diff_id = stream_tar(dir, opts, &mut out, true)?;
+    let diff_id = stream_tar(dir, TarWriter::new(opts), &mut out, true)?;
     out.flush().map_err(CreateError::Write)?;
     Ok(diff_id.expect("hashing was requested"))
 }
@@ -146,7 +155,7 @@ pub fn write_layer_tar(
 /// on this one, hashing it on the way if `hash` is set.
 fn stream_tar(
     dir: &Path,
-    opts: &CreateOptions,
+    mut tar: TarWriter,
     out: &mut dyn Write,
     hash: bool,
 ) -> Result<Option<Digest>, CreateError> {
@@ -172,7 +181,7 @@ fn stream_tar(
                     full: full_tx,
                     free: free_rx,
                 };
-                TarWriter::new(opts).write_tree(dir, &mut sink)?;
+                tar.write_tree(dir, &mut sink)?;
                 sink.finish()
             })
             .map_err(CreateError::Write)?;
@@ -332,6 +341,9 @@ struct TarWriter {
     epoch: Option<i64>,
     /// (dev, inode) of multiply-linked files already written → their name.
     links: HashMap<(u64, u64), Vec<u8>>,
+    /// Ownership written for every entry instead of the real one; only tests
+    /// set it, so that their pinned digests do not depend on who runs them.
+    owner: Option<(u64, u64)>,
 }
 
 /// The ustar header fields of one entry.
@@ -356,6 +368,7 @@ impl TarWriter {
         TarWriter {
             epoch: opts.source_date_epoch,
             links: HashMap::new(),
+            owner: None,
         }
     }
 
@@ -394,6 +407,9 @@ impl TarWriter {
             dev: (0, 0),
             xattrs: &[],
         };
+        if let Some((uid, gid)) = self.owner {
+            (hdr.uid, hdr.gid) = (uid, gid);
+        }
         if e.kind == Kind::Whiteout {
             // As docker's overlay converter does: the device's owner and
             // time, a fixed mode.
@@ -832,5 +848,89 @@ mod tests {
             assert_eq!(data[len - 1], b'\n', "value length {vlen}");
             assert_eq!(len, space + 1 + "path=".len() + vlen + 1);
         }
+    }
+
+    /// A small tree with one of each kind of entry, files spanning several
+    /// chunks, a hard link, a long name (PAX) and text and random content.
+    fn fixed_tree(root: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut random = |n: usize| -> Vec<u8> {
+            (0..n)
+                .map(|_| {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    rng as u8
+                })
+                .collect()
+        };
+        let text: Vec<u8> = (0..300_000u32)
+            .flat_map(|i| format!("line {i} of some text {}\n", i % 97).into_bytes())
+            .collect();
+        let long = format!("d/{}", "n".repeat(150));
+        let files: [(&str, Vec<u8>); 6] = [
+            ("a/empty", Vec::new()),
+            ("a/text", text),
+            ("a/random", random(2_500_000)),
+            ("b/c/small", b"hello\n".to_vec()),
+            ("b/odd", random(1_234_567)),
+            (&long, b"long name".to_vec()),
+        ];
+        for (name, data) in &files {
+            let path = root.join(name);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(&path, data).unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        fs::create_dir(root.join("e")).unwrap();
+        fs::hard_link(root.join("b/c/small"), root.join("b/link")).unwrap();
+        std::os::unix::fs::symlink("../a/text", root.join("b/sym")).unwrap();
+        for dir in ["", "a", "b", "b/c", "d", "e"] {
+            fs::set_permissions(root.join(dir), fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+
+    /// The bytes of a layer must not change with how it is produced: these
+    /// digests were computed before the pipeline was spread over threads.
+    #[test]
+    fn layer_digests_of_a_fixed_tree_are_pinned() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        fs::create_dir(&tree).unwrap();
+        fixed_tree(&tree);
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let mut got = Vec::new();
+        for kind in [
+            crate::compression::Compression::None,
+            crate::compression::Compression::Gzip,
+            crate::compression::Compression::Zstd,
+        ] {
+            let opts = CreateOptions {
+                compression: CompressionOptions::new(kind),
+                // Older than any file, so every mtime is this one.
+                source_date_epoch: Some(1_000_000_000),
+            };
+            let mut tar = TarWriter::new(&opts);
+            tar.owner = Some((0, 0));
+            let desc = create_layer_with(&store, &tree, &opts, tar).unwrap();
+            got.push(format!(
+                "{kind} {} {} {}",
+                desc.digest, desc.diff_id, desc.size
+            ));
+        }
+        let tar = "sha256:5e85e1bd0993c921ca68dddcdd9e9810a72c5662b3716354f95a9ba94594202b";
+        assert_eq!(
+            got,
+            [
+                format!("uncompressed {tar} {tar} 12002816"),
+                format!(
+                    "gzip sha256:d5e57ab494dee90721701a29dcebc7e5b12380cc750b36c9ffbf8b8f93186dc4 {tar} 4902720"
+                ),
+                format!(
+                    "zstd sha256:4db21827b444b4aa9525c899e16818674a7427655242f69068e0004f78d651b9 {tar} 4159449"
+                ),
+            ]
+        );
     }
 }
