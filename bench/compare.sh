@@ -22,7 +22,16 @@
 #   RUNS=N           runs of the fast cases (default 5)
 #   SLOW_RUNS=N      runs of the slow cases (default 3)
 #   ISOLATION=T      buildah's --isolation (default chroot; oci needs runc)
-#   BENCH_DIR=DIR    where the temporary directory goes (default /var/tmp)
+#   BENCH_DIR=DIR    where the temporary directory goes. By default the
+#                    benchmark makes a fresh ext4 file system in a sparse
+#                    loop file under /var/tmp (FS_SIZE, default 40G) and
+#                    works there: both tools create and delete tens of
+#                    thousands of files, and on a file system with a long
+#                    history of that (a CI runner's or a developer's disk
+#                    after hours of tests) ext4's inode allocator alone can
+#                    make file creation 5x slower, which would measure the
+#                    disk's past rather than the tools.
+#   FS_SIZE=SIZE     size of that loop file system (sparse; default 40G)
 #   KEEP=1           keep the temporary directory (stores, contexts, logs)
 #   CASES="a b c d"  which cases to run
 #
@@ -65,15 +74,29 @@ fi
 [ -x "$BUILDER" ] || die "BUILDER=$BUILDER is not an executable"
 BUILDER=$(realpath "$BUILDER")
 
-work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/builder-bench.XXXXXX")
+fs_img=
+fs_mnt=
+if [ -z "${BENCH_DIR:-}" ]; then
+    command -v mkfs.ext4 >/dev/null || die "mkfs.ext4 is missing (apt-get install e2fsprogs), or set BENCH_DIR"
+    fs_img=$(mktemp /var/tmp/builder-bench-fs.XXXXXX)
+    fs_mnt=$(mktemp -d /var/tmp/builder-bench-mnt.XXXXXX)
+    truncate -s "${FS_SIZE:-40G}" "$fs_img"
+    mkfs.ext4 -q -F "$fs_img" || die "cannot make a file system in $fs_img"
+    mount -o loop "$fs_img" "$fs_mnt" || die "cannot mount $fs_img (loop devices needed), or set BENCH_DIR"
+    BENCH_DIR=$fs_mnt
+fi
+work=$(mktemp -d "$BENCH_DIR/builder-bench.XXXXXX")
 cleanup() {
     # buildah's overlay driver may leave mounts under its root.
     awk -v w="$work/" 'index($2, w) == 1 { print $2 }' /proc/mounts | sort -r |
         while read -r m; do umount -l "$m" || true; done
     if [ -z "${KEEP:-}" ]; then
         rm -rf "$work"
+        if [ -n "$fs_mnt" ]; then
+            umount "$fs_mnt" && rm -f "$fs_img" && rmdir "$fs_mnt"
+        fi
     else
-        echo "kept $work" >&2
+        echo "kept $work${fs_img:+ (on $fs_img, mounted at $fs_mnt)}" >&2
     fi
 }
 trap cleanup EXIT
@@ -131,7 +154,7 @@ row() {
     rows+=("$1|$(fmt "$2")|$(fmt "$3")|$(fmt "$4")|$ratio|<= $(fmt "$5")|$met")
 }
 
-echo "== setup ($work)" >&2
+echo "== setup ($work${fs_img:+, a fresh ext4 file system in $fs_img})" >&2
 echo "builder: $BUILDER ($("$BUILDER" --version 2>/dev/null || echo '?'))" >&2
 echo "buildah: $(buildah --version)" >&2
 echo "docker daemon: $([ $docker_ok = 1 ] && echo yes || echo 'not reachable, skipped')" >&2
