@@ -66,6 +66,10 @@ pub(crate) enum Command {
     Logout(cmd::login::LogoutArgs),
     /// Serve a build cache shared by a team (OCI distribution API).
     CacheServer(cmd::cache_server::CacheServerArgs),
+    /// Internal: deletes what the automatic cap after a build moved away,
+    /// in the background (see cmd::prune::auto).
+    #[command(name = cmd::prune::REAPER_COMMAND, hide = true)]
+    RemoveTrash(cmd::prune::RemoveTrashArgs),
 }
 
 fn main() -> ExitCode {
@@ -87,6 +91,7 @@ fn main() -> ExitCode {
         Command::Login(a) => cmd::login::login(&cli.root, a),
         Command::Logout(a) => cmd::login::logout(&cli.root, a),
         Command::CacheServer(a) => cmd::cache_server::run(a),
+        Command::RemoveTrash(a) => cmd::prune::remove_trash(&cli.root, a),
     };
     match result {
         Ok(code) => code,

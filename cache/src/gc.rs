@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use crate::digest::Digest;
 use crate::images::{ConfigSummary, ParsedManifest};
 use crate::keys::{CacheRecord, KeyIndex};
-use crate::snapshot::{SnapshotError, Snapshots};
+use crate::snapshot::{SnapshotError, Snapshots, delete_moved};
 use crate::store::{Store, StoreError, StoreLock};
 
 /// The store lock that running builds hold shared and GC exclusively.
@@ -51,6 +51,10 @@ pub const DEFAULT_CAP_PERCENT: u64 = 10;
 
 /// `tmp/` entries younger than this may belong to a running process.
 const STALE_TMP_AGE: Duration = Duration::from_secs(3600);
+
+/// The prefix of the `tmp/` directories that removed trees are moved into
+/// before they are deleted (see [`Trash`]).
+const REMOVING_PREFIX: &str = "removing-";
 
 const SIZES_VERSION: u32 = 1;
 
@@ -399,17 +403,7 @@ fn scan(store: &Store, now: SystemTime) -> Result<Scan, GcError> {
     let notes = entries_of(&index.notes_dir(), &mut seen);
     let mounts = entries_of(&store.root().join("mounts"), &mut seen);
     let context_caches = entries_of(&store.root().join("context-cache"), &mut seen);
-    let tmp = entries_of(&store.root().join("tmp"), &mut seen)
-        .into_iter()
-        .map(|e| {
-            // Judged by the entry's own mtime, as the store does at open.
-            let own = fs::symlink_metadata(&e.path)
-                .and_then(|m| m.modified())
-                .unwrap_or(now);
-            let stale = now.duration_since(own).is_ok_and(|age| age > STALE_TMP_AGE);
-            (e, stale)
-        })
-        .collect();
+    let tmp = tmp_entries(store, now, &mut seen);
     Ok(Scan {
         image_count,
         image_blobs,
@@ -423,6 +417,46 @@ fn scan(store: &Store, now: SystemTime) -> Result<Scan, GcError> {
         context_caches,
         tmp,
     })
+}
+
+/// The entries of `tmp/` and whether each is stale, judged by the entry's
+/// own mtime as the store does at open. Young `removing-*` directories are
+/// left out: they hold what a prune removed and some process is deleting
+/// (see [`Trash`]), which is no longer cache, and walking a tree while it
+/// is being deleted would be slow for nothing.
+fn tmp_entries(
+    store: &Store,
+    now: SystemTime,
+    seen: &mut HashSet<(u64, u64)>,
+) -> Vec<(Entry, bool)> {
+    let Ok(read) = fs::read_dir(store.root().join("tmp")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in read.flatten() {
+        let path = e.path();
+        let Ok(own) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let own = own.modified().unwrap_or(now);
+        let stale = now.duration_since(own).is_ok_and(|age| age > STALE_TMP_AGE);
+        let id = e.file_name().to_string_lossy().into_owned();
+        if !stale && id.starts_with(REMOVING_PREFIX) {
+            continue;
+        }
+        let (size, last_used) = walk(&path, seen);
+        out.push((
+            Entry {
+                id,
+                path,
+                size,
+                last_used,
+            },
+            stale,
+        ));
+    }
+    out.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+    out
 }
 
 /// Each direct child of `dir` as an entry, sized by walking it; last use
@@ -652,7 +686,8 @@ pub struct Usage {
     pub records: Category,
     pub mounts: Category,
     pub context_cache: Category,
-    /// `tmp/`; only entries older than an hour are reclaimable.
+    /// `tmp/`; only entries older than an hour are reclaimable. What a
+    /// prune removed and is still being deleted is not counted.
     pub tmp: Category,
     pub record_details: Vec<RecordUsage>,
     pub mount_details: Vec<Entry>,
@@ -887,7 +922,94 @@ pub fn prune_locked(
 ) -> Result<PruneReport, GcError> {
     let now = SystemTime::now();
     let s = scan(store, now)?;
-    run_prune(store, &s, opts, now)
+    let (report, trash) = run_prune(store, &s, opts, now)?;
+    // The user expects the space back when prune returns.
+    trash.delete()?;
+    Ok(report)
+}
+
+/// Trees that a prune moved out of the store into `tmp/removing-*`
+/// directories but has not deleted yet. Moving is what removes them from
+/// the store (it is quick and crash-safe); deleting a big tree is the slow
+/// part, which [`auto_prune`]'s caller may leave to a background process
+/// (see [`remove_trash`]). Dropped, it deletes them; left alone after a
+/// crash, the store removes them as stale `tmp/` leftovers an hour later.
+#[derive(Debug, Default)]
+pub struct Trash {
+    dirs: Vec<PathBuf>,
+}
+
+impl Trash {
+    pub fn is_empty(&self) -> bool {
+        self.dirs.is_empty()
+    }
+
+    /// The `tmp/removing-*` directories to delete.
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
+    }
+
+    /// Hands the directories over: the caller (or the process it starts)
+    /// deletes them now.
+    pub fn into_dirs(mut self) -> Vec<PathBuf> {
+        std::mem::take(&mut self.dirs)
+    }
+
+    /// Deletes the directories now; the first failure is returned after
+    /// all were tried.
+    pub fn delete(mut self) -> Result<(), GcError> {
+        let mut first = None;
+        for dir in std::mem::take(&mut self.dirs) {
+            if let Err(source) = delete_moved(&dir) {
+                first.get_or_insert(GcError::Io {
+                    op: "delete",
+                    path: dir,
+                    source,
+                });
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Trash {
+    fn drop(&mut self) {
+        for dir in &self.dirs {
+            let _ = delete_moved(dir);
+        }
+    }
+}
+
+/// Deletes trash that a prune of the store at `root` moved away (the
+/// background half of [`auto_prune`]). Each of `dirs` must be a
+/// `tmp/removing-*` directory of that root, so that a wrong argument cannot
+/// delete anything else; what is already gone counts as deleted, since the
+/// store's cleanup of stale `tmp/` entries or another process may get there
+/// first. Does not open the store: it may have been deleted meanwhile, and
+/// must not be created again.
+pub fn remove_trash(root: &Path, dirs: &[PathBuf]) -> Result<(), GcError> {
+    let tmp = root.join("tmp");
+    for dir in dirs {
+        let is_trash = dir.parent() == Some(tmp.as_path())
+            && dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(REMOVING_PREFIX));
+        if !is_trash {
+            return Err(GcError::Io {
+                op: "delete",
+                path: dir.clone(),
+                source: io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("not a {REMOVING_PREFIX}* directory of {}", tmp.display()),
+                ),
+            });
+        }
+    }
+    Trash {
+        dirs: dirs.to_vec(),
+    }
+    .delete()
 }
 
 /// What the automatic cap did.
@@ -898,19 +1020,21 @@ pub enum AutoPrune {
     /// A build runs; try again after the next one.
     Busy,
     /// The build cache is within the cap.
-    UnderCap {
-        cap: u64,
-        build_cache: u64,
-    },
+    UnderCap { cap: u64, build_cache: u64 },
     Pruned {
         cap: u64,
         report: PruneReport,
+        /// The removed trees, moved out of the store but not deleted yet:
+        /// `report.reclaimed` is free once they are.
+        trash: Trash,
     },
 }
 
 /// After a build: if the build cache is over the configured cap, removes
 /// least recently used cache until it fits (as `--keep-storage CAP`). Skips
-/// at once when a build runs.
+/// at once when a build runs. The removed trees are only moved out of the
+/// store, into the returned [`Trash`], so that the caller can delete them
+/// without making the user wait.
 pub fn auto_prune(store: &Store) -> Result<AutoPrune, GcError> {
     let (Some(cap), _) = configured_cap(store)? else {
         return Ok(AutoPrune::Disabled);
@@ -928,9 +1052,9 @@ pub fn auto_prune(store: &Store) -> Result<AutoPrune, GcError> {
         keep_storage: Some(cap),
         ..PruneOptions::default()
     };
-    let report = run_prune(store, &s, &opts, now)?;
+    let (report, trash) = run_prune(store, &s, &opts, now)?;
     drop(lock);
-    Ok(AutoPrune::Pruned { cap, report })
+    Ok(AutoPrune::Pruned { cap, report, trash })
 }
 
 /// A removable item during planning.
@@ -944,12 +1068,14 @@ struct Item<'a> {
     record: Option<&'a RecordEntry>,
 }
 
+/// Removes what `opts` asks for. Directories are only moved into `tmp/`
+/// and returned as [`Trash`], for the caller to delete now or later.
 fn run_prune(
     store: &Store,
     s: &Scan,
     opts: &PruneOptions,
     now: SystemTime,
-) -> Result<PruneReport, GcError> {
+) -> Result<(PruneReport, Trash), GcError> {
     let build_cache_before = usage_of(s).build_cache();
     let index = KeyIndex::new(store);
 
@@ -1066,6 +1192,8 @@ fn run_prune(
     }
 
     let mut report = PruneReport::default();
+    // Deletes what was moved away if anything below fails.
+    let mut trash = Trash::default();
 
     // Records first, durably, so no record outlives its blobs.
     let mut removed_records = false;
@@ -1123,8 +1251,9 @@ fn run_prune(
             image_snapshots.push((*d, size));
             continue;
         }
-        match snapshots.try_remove(d)? {
-            Some(_) => {
+        match snapshots.try_move_away(d)? {
+            Some(moved) => {
+                trash.dirs.extend(moved);
                 reclaimed += size;
                 if !freed_snapshots.contains(d) {
                     report.snapshots.add(size, true);
@@ -1138,8 +1267,9 @@ fn run_prune(
             if opts.keep_storage.is_some() && !over(cache_size) {
                 break;
             }
-            match snapshots.try_remove(&d)? {
-                Some(_) => {
+            match snapshots.try_move_away(&d)? {
+                Some(moved) => {
+                    trash.dirs.extend(moved);
                     reclaimed += size;
                     report.snapshots.add(size, true);
                     cache_size = cache_size.saturating_sub(size);
@@ -1152,14 +1282,14 @@ fn run_prune(
 
     // Mounts, context caches, notes.
     for (item, _) in chosen.iter().filter(|(i, _)| i.kind != ItemKind::Record) {
-        remove_tree(store, &item.path)?;
+        remove_tree(store, &item.path, &mut trash)?;
     }
     reclaimed += chosen.iter().map(|(i, _)| i.size).sum::<u64>();
 
     // Stale leftovers of killed processes.
     for (t, stale) in &s.tmp {
         if *stale {
-            remove_tree(store, &t.path)?;
+            remove_tree(store, &t.path, &mut trash)?;
             reclaimed += t.size;
             report.tmp.add(t.size, true);
         }
@@ -1177,13 +1307,14 @@ fn run_prune(
         .collect();
     report.reclaimed = reclaimed;
     report.build_cache_after = build_cache_before.saturating_sub(reclaimed);
-    Ok(report)
+    Ok((report, trash))
 }
 
-/// Removes a file or a whole tree; a directory is first renamed into
-/// `tmp/`, so a crash half-way leaves garbage there, not a half-removed
-/// cache mount.
-fn remove_tree(store: &Store, path: &Path) -> Result<(), GcError> {
+/// Removes a file, or moves a whole tree into a new `tmp/removing-*`
+/// directory added to `trash`: a crash half-way through deleting it then
+/// leaves garbage there, not a half-removed cache mount. Something already
+/// gone (a stale `tmp/` entry that another process's cleanup took) is fine.
+fn remove_tree(store: &Store, path: &Path, trash: &mut Trash) -> Result<(), GcError> {
     let meta = match fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -1195,15 +1326,16 @@ fn remove_tree(store: &Store, path: &Path) -> Result<(), GcError> {
             _ => Ok(()),
         };
     }
-    let tmp = store.root().join("tmp");
-    if path.parent() == Some(tmp.as_path()) {
-        return fs::remove_dir_all(path).map_err(io_err("remove", path));
+    let doomed = store.temp_dir(REMOVING_PREFIX)?;
+    match fs::rename(path, doomed.path().join("tree")) {
+        Ok(()) => {
+            trash.dirs.push(doomed.keep());
+            Ok(())
+        }
+        // The empty directory goes with `doomed`.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(io_err("move away", path)(source)),
     }
-    let doomed = store.temp_dir("removing-")?;
-    let target = doomed.path().join("tree");
-    fs::rename(path, &target).map_err(io_err("move away", path))?;
-    let doomed_path = doomed.path().to_path_buf();
-    doomed.close().map_err(io_err("remove", &doomed_path))
 }
 
 #[cfg(test)]

@@ -262,10 +262,49 @@ impl Snapshots {
         }
     }
 
-    fn remove_locked(&self, diff_id: &Digest, _lock: StoreLock) -> Result<bool, SnapshotError> {
+    /// Like [`Snapshots::try_remove`], but leaves the deletion, the slow
+    /// part of a big snapshot, to the caller: the snapshot is only moved out
+    /// of `snapshots/` (durably) into a fresh `tmp/removing-*` directory,
+    /// whose path is returned for [`delete_moved`]. `None` while somebody
+    /// holds the snapshot; `Some(None)` if there was none. Left alone, the
+    /// directory is removed as a stale leftover when the store is next
+    /// opened an hour later.
+    pub fn try_move_away(
+        &self,
+        diff_id: &Digest,
+    ) -> Result<Option<Option<PathBuf>>, SnapshotError> {
+        match self.store.try_lock_exclusive(&lock_name(diff_id))? {
+            Some(lock) => self.move_away_locked(diff_id, lock).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn remove_locked(&self, diff_id: &Digest, lock: StoreLock) -> Result<bool, SnapshotError> {
+        match self.move_away_locked(diff_id, lock)? {
+            Some(moved) => {
+                delete_moved(&moved).map_err(|source| SnapshotError::Io {
+                    op: "delete",
+                    path: moved,
+                    source,
+                })?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Renames the snapshot into a new `tmp/removing-*` directory and
+    /// returns that directory; `None` if there was no snapshot. Once the
+    /// rename is synced the snapshot is gone as far as the store is
+    /// concerned, so the lock is not needed for the deletion.
+    fn move_away_locked(
+        &self,
+        diff_id: &Digest,
+        _lock: StoreLock,
+    ) -> Result<Option<PathBuf>, SnapshotError> {
         let path = self.path(diff_id);
         if !self.exists(diff_id) {
-            return Ok(false);
+            return Ok(None);
         }
         let tmp = self.store.temp_dir("removing-")?;
         let doomed = tmp.path().join("rootfs");
@@ -275,13 +314,7 @@ impl Snapshots {
             source,
         })?;
         sync_dir(&self.dir())?;
-        let tmp_path = tmp.path().to_path_buf();
-        tmp.close().map_err(|source| SnapshotError::Io {
-            op: "delete",
-            path: tmp_path,
-            source,
-        })?;
-        Ok(true)
+        Ok(Some(tmp.keep()))
     }
 
     /// Renames `from` to `dest` unless `dest` exists; true if it moved.
@@ -306,6 +339,25 @@ impl Snapshots {
             }),
         }
     }
+}
+
+/// Deletes a tree that [`Snapshots::try_move_away`] (or GC) moved into
+/// `tmp/`. Somebody else deleting it at the same time (the store's cleanup
+/// of stale `tmp/` entries, a second reaper) does no harm: what is already
+/// gone counts as deleted.
+pub fn delete_moved(dir: &Path) -> io::Result<()> {
+    // std's remove_dir_all skips entries that vanish under it, but not the
+    // top one; and a racing deleter may make a step fail half-way, which a
+    // new attempt (finding less, or nothing) gets past.
+    let mut last = None;
+    for _ in 0..3 {
+        match fs::remove_dir_all(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("three attempts failed"))
 }
 
 fn lock_name(diff_id: &Digest) -> String {

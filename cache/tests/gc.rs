@@ -407,7 +407,7 @@ fn a_running_build_makes_auto_prune_skip_and_manual_prune_wait() {
     // With no build running the cap applies.
     let again = f.record("again", &[f.layer("again", 10_000)], HOUR);
     match gc::auto_prune(&f.store).unwrap() {
-        AutoPrune::Pruned { cap, report } => {
+        AutoPrune::Pruned { cap, report, .. } => {
             assert_eq!(cap, 1);
             assert_eq!(report.removed.len(), 1);
         }
@@ -423,6 +423,84 @@ fn a_running_build_makes_auto_prune_skip_and_manual_prune_wait() {
         gc::auto_prune(&f.store).unwrap(),
         AutoPrune::Disabled
     ));
+}
+
+/// The `tmp/removing-*` directories of a store.
+fn removing_dirs(root: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = fs::read_dir(root.join("tmp"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("removing-"))
+        .map(|e| e.path())
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn auto_prune_moves_trees_away_at_once_and_leaves_their_deletion_to_the_caller() {
+    if std::env::var_os(gc::ENV_KEEP_STORAGE).is_some() {
+        eprintln!(
+            "skipped: {} is set in this environment",
+            gc::ENV_KEEP_STORAGE
+        );
+        return;
+    }
+    let f = Fixture::new();
+    let layer = f.layer("trash", 100_000);
+    let key = f.record("trash", &[layer], HOUR);
+    let mount = f.mount("trash", 100_000, HOUR);
+    fs::write(
+        f.root().join("config.json"),
+        r#"{"gc":{"keepStorage":"1B"}}"#,
+    )
+    .unwrap();
+    let trash = match gc::auto_prune(&f.store).unwrap() {
+        AutoPrune::Pruned { report, trash, .. } => {
+            assert_eq!(report.removed.len(), 2, "{report:?}");
+            assert!(report.reclaimed >= 200_000, "{report:?}");
+            trash
+        }
+        other => panic!("expected a prune, got {other:?}"),
+    };
+    // Gone from the store at once, kept in tmp/ for the caller to delete.
+    assert!(!f.has_record(&key) && !f.has_snapshot(&layer));
+    assert!(!mount.exists());
+    assert!(snapshots(&f.store).list().unwrap().is_empty());
+    let dirs = removing_dirs(f.root());
+    assert_eq!(dirs.len(), 2, "{dirs:?}");
+    assert_eq!(trash.dirs().len(), 2);
+    // Trash being deleted is no longer cache.
+    let usage = gc::usage(&f.store).unwrap();
+    assert_eq!(usage.tmp, gc::Category::default(), "{usage:?}");
+    assert!(usage.build_cache() < 100_000, "{usage:?}");
+
+    // Refused: anything but removing-* directories of the store's tmp/.
+    let outside = f.root().join("snapshots");
+    for bad in [outside.clone(), f.root().join("tmp"), dirs[0].join("tree")] {
+        let err = gc::remove_trash(f.root(), std::slice::from_ref(&bad)).unwrap_err();
+        assert!(err.to_string().contains(&*bad.to_string_lossy()), "{err}");
+    }
+    assert!(outside.exists() && dirs.iter().all(|d| d.exists()));
+
+    // What another deleter took first counts as deleted.
+    fs::remove_dir_all(&dirs[0]).unwrap();
+    gc::remove_trash(f.root(), &trash.into_dirs()).unwrap();
+    assert!(removing_dirs(f.root()).is_empty());
+    gc::remove_trash(f.root(), &dirs).unwrap();
+
+    // Dropped, trash is deleted there and then.
+    let layer = f.layer("dropped", 10_000);
+    f.record("dropped", &[layer], HOUR);
+    match gc::auto_prune(&f.store).unwrap() {
+        AutoPrune::Pruned { trash, .. } => {
+            assert_eq!(removing_dirs(f.root()), trash.dirs());
+            drop(trash);
+        }
+        other => panic!("expected a prune, got {other:?}"),
+    }
+    assert!(removing_dirs(f.root()).is_empty());
+    assert_eq!(fs::read_dir(f.root().join("tmp")).unwrap().count(), 0);
 }
 
 #[test]

@@ -1,12 +1,16 @@
 //! `builder prune`: remove build cache, as `docker buildx prune` does; and
 //! the automatic size cap that `builder build` applies after each build.
 
-use std::path::Path;
-use std::process::ExitCode;
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use cache::gc::{self, AutoPrune, Category, ItemKind, PruneOptions, PruneReport, human_size};
+use cache::gc::{
+    self, AutoPrune, Category, ItemKind, PruneOptions, PruneReport, Trash, human_size,
+};
 use cache::store::Store;
 use clap::Args;
 
@@ -124,15 +128,38 @@ fn print_report(report: &PruneReport) {
 
 /// The automatic cap, after a build: prunes least recently used cache when
 /// the build cache is over it, shown as a step of the build. Never fails
-/// the build.
+/// the build. The removed trees are deleted by a background process (see
+/// [`spawn_reaper`]), so that the build ends without waiting for that.
 pub(crate) fn auto(store: &Store, progress: &Renderer) {
     match gc::auto_prune(store) {
-        Ok(AutoPrune::Pruned { cap, report }) => {
+        Ok(AutoPrune::Pruned { cap, report, trash }) => {
             let step = progress.begin("pruning build cache");
+            let mut freed = "reclaimed";
+            if !trash.is_empty() {
+                match spawn_reaper(store.root(), &trash) {
+                    Ok(()) => {
+                        // The reaper owns the directories now.
+                        trash.into_dirs();
+                        freed = "reclaiming";
+                    }
+                    Err(err) => {
+                        progress.detail(
+                            step,
+                            &format!("cannot delete in the background ({err}); deleting now"),
+                        );
+                        if let Err(err) = trash.delete() {
+                            progress.warning(&format!(
+                                "automatic cache cleanup failed: {:#}",
+                                anyhow::Error::new(err)
+                            ));
+                        }
+                    }
+                }
+            }
             progress.detail(
                 step,
                 &format!(
-                    "build cache over its {} limit: removed {} cache items, reclaimed {}",
+                    "build cache over its {} limit: removed {} cache items, {freed} {}",
                     human_size(cap),
                     report.removed.len(),
                     human_size(report.reclaimed)
@@ -143,4 +170,73 @@ pub(crate) fn auto(store: &Store, progress: &Renderer) {
         Ok(_) => {}
         Err(err) => progress.warning(&format!("automatic cache cleanup failed: {err:#}")),
     }
+}
+
+/// The hidden subcommand that [`spawn_reaper`] runs.
+pub(crate) const REAPER_COMMAND: &str = "__remove-trash";
+
+/// `builder __remove-trash DIR...`: internal, see [`spawn_reaper`].
+#[derive(Args, Debug)]
+pub(crate) struct RemoveTrashArgs {
+    /// `ROOT/tmp/removing-*` directories.
+    #[arg(required = true)]
+    dirs: Vec<PathBuf>,
+}
+
+/// Starts `builder --root ROOT __remove-trash DIR...` to delete what the
+/// automatic cap moved away, and does not wait for it: deleting a big
+/// snapshot takes a while, which the user should not wait for at the end of
+/// a build (BuildKit's daemon collects garbage in the background; builder
+/// has no daemon). The process has its own session, so that the terminal's
+/// Ctrl-C or hangup meant for a later command does not reach it, no stdio
+/// (a caller reading the build's output sees its end at once) and no other
+/// inherited descriptors (no store lock goes with it). Should it die, the
+/// store removes the directories as stale `tmp/` leftovers an hour later.
+fn spawn_reaper(root: &Path, trash: &Trash) -> io::Result<()> {
+    let mut c = Command::new("/proc/self/exe");
+    c.arg0("builder")
+        .arg("--root")
+        .arg(root)
+        .arg(REAPER_COMMAND)
+        .arg("--")
+        .args(trash.dirs())
+        .env_remove("BUILDER_ROOT")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: between fork and exec, only async-signal-safe system calls.
+    #[allow(unsafe_code)]
+    unsafe {
+        c.pre_exec(|| {
+            nix::unistd::setsid()?;
+            // Descriptors that lack close-on-exec (all of std's have it)
+            // would keep a build's pipes or locks open; best effort, as
+            // kernels before 5.11 lack close_range.
+            nix::libc::syscall(
+                nix::libc::SYS_close_range,
+                3 as nix::libc::c_uint,
+                nix::libc::c_uint::MAX,
+                nix::libc::CLOSE_RANGE_CLOEXEC,
+            );
+            Ok(())
+        });
+    }
+    // Not waited for: it outlives this process, and init reaps it.
+    c.spawn().map(drop)
+}
+
+/// `builder __remove-trash`: deletes the directories at the lowest CPU
+/// and I/O priority, as it runs beside the user's next commands.
+pub(crate) fn remove_trash(root: &Path, args: RemoveTrashArgs) -> anyhow::Result<ExitCode> {
+    // Best effort: nice(2) and ioprio_set(2) with IOPRIO_WHO_PROCESS (1) of
+    // this process (0), class IOPRIO_CLASS_IDLE (3) shifted by
+    // IOPRIO_CLASS_SHIFT (13).
+    #[allow(unsafe_code)]
+    // SAFETY: plain system calls on this process, no memory passed.
+    unsafe {
+        nix::libc::nice(10);
+        nix::libc::syscall(nix::libc::SYS_ioprio_set, 1, 0, 3 << 13);
+    }
+    gc::remove_trash(root, &args.dirs)?;
+    Ok(ExitCode::SUCCESS)
 }
