@@ -5,7 +5,9 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use cache::gc::parse_size;
 use common::{TestRoot, sandbox_available};
@@ -32,6 +34,36 @@ fn du_total(du: &str, name: &str) -> u64 {
         .find(|l| l.starts_with(name))
         .unwrap_or_else(|| panic!("no {name} line in\n{du}"));
     parse_size(line[name.len()..].trim()).unwrap()
+}
+
+/// The `tmp/removing-*` directories of `root`: what a prune moved away and
+/// some process is deleting.
+fn trash_dirs(root: &Path) -> Vec<String> {
+    std::fs::read_dir(root.join("tmp"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("removing-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until the background deletion that the automatic cap started
+/// after a build is done (polling; it is a separate, detached process).
+fn wait_for_trash_deletion(root: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let left = trash_dirs(root);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tmp/ still holds {left:?} two minutes after the build"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn setup() -> Option<(TestRoot, std::path::PathBuf)> {
@@ -127,9 +159,25 @@ fn the_automatic_cap_prunes_after_a_build() {
     assert!(out.status.success(), "{}", common::stderr(&out));
     let err = common::stderr(&out);
     assert!(err.contains("pruning build cache"), "{err}");
+    assert!(err.contains(", reclaiming "), "{err}");
+    // Every snapshot left snapshots/ before the build returned (a cap of 1B
+    // is never met, so image snapshots go too); deleting them may go on in
+    // the background, where du does not count it.
+    let snapshots: Vec<_> = std::fs::read_dir(root.root().join("snapshots"))
+        .unwrap()
+        .collect();
+    assert!(snapshots.is_empty(), "{snapshots:?}");
     let du = root.ok(&["du"]);
     assert_eq!(du_row(&du, "Cache records").0, 0, "{du}");
+    assert_eq!(du_row(&du, "Snapshots"), (0, 0), "{du}");
+    assert_eq!(du_row(&du, "Temporary files").0, 0, "{du}");
     root.check_store();
+    // The deletion finishes, leaving tmp/ empty.
+    wait_for_trash_deletion(&root.root());
+    let tmp: Vec<_> = std::fs::read_dir(root.root().join("tmp"))
+        .unwrap()
+        .collect();
+    assert!(tmp.is_empty(), "{tmp:?}");
     assert_eq!(root.ok(&["run", "--rm", "app", "cat", "/two"]), "two\n");
 
     // Off: the records stay.
@@ -287,6 +335,8 @@ fn prune_during_concurrent_builds_removes_nothing_they_need() {
         assert!(p.wait().unwrap().success());
     }
     root.check_store();
+    // The store goes at the end of the test: not under a deleting reaper.
+    wait_for_trash_deletion(&root.root());
     for i in 0..3 {
         assert_eq!(
             root.ok(&["run", "--rm", &format!("c{i}"), "cat", "/out"]),
