@@ -320,6 +320,22 @@ fn manifest(config: &[u8], layers: &[&[u8]]) -> Vec<u8> {
     .unwrap()
 }
 
+/// Pushes `repo:k{i}` as the `--max-size` tests do: the shared 300 kB
+/// `base_layer`, a 600 kB layer of its own (chunked), a config, a manifest.
+fn push_entry(c: &Client, repo: &str, i: u64, base_layer: &[u8]) {
+    let layer = data(i, 600_000);
+    let config = format!("{{\"image\":{i}}}").into_bytes();
+    assert_eq!(c.push_blob_monolithic(repo, base_layer).status, 201);
+    assert_eq!(
+        c.push_blob_chunked(repo, &layer, 200_000, &Digest::of(&layer))
+            .status,
+        201
+    );
+    assert_eq!(c.push_blob_monolithic(repo, &config).status, 201);
+    let m = manifest(&config, &[base_layer, &layer]);
+    assert_eq!(c.put_manifest(repo, &format!("k{i}"), &m).status, 201);
+}
+
 /// Sizes of the blobs in the store, checking that each matches its name.
 fn store_blobs(store: &Path) -> Vec<(String, u64)> {
     let dir = store.join("blobs/sha256");
@@ -912,22 +928,7 @@ fn cache_server_max_size_evicts_least_recently_used_whole_entries() {
     let server = Server::start(&store, &["--max-size", "3MB"]);
     let c = Client::new(&server, None);
     let base_layer = data(99, 300_000);
-    let push = |i: u64| {
-        let layer = data(i, 600_000);
-        let config = format!("{{\"image\":{i}}}").into_bytes();
-        assert_eq!(c.push_blob_monolithic("cache/app", &base_layer).status, 201);
-        assert_eq!(
-            c.push_blob_chunked("cache/app", &layer, 200_000, &Digest::of(&layer))
-                .status,
-            201
-        );
-        assert_eq!(c.push_blob_monolithic("cache/app", &config).status, 201);
-        let m = manifest(&config, &[&base_layer, &layer]);
-        assert_eq!(
-            c.put_manifest("cache/app", &format!("k{i}"), &m).status,
-            201
-        );
-    };
+    let push = |i: u64| push_entry(&c, "cache/app", i, &base_layer);
 
     for i in 0..12u64 {
         push(i);
@@ -969,10 +970,16 @@ fn cache_server_max_size_evicts_least_recently_used_whole_entries() {
     assert_eq!(blobs.len(), 1 + tags.len() * 3, "{blobs:?} for {tags:?}");
 
     // A reader keeps pulling whatever is listed while pushes evict: every
-    // manifest it gets must come with all its blobs.
+    // manifest it gets must come with all its blobs. It may be starved
+    // between a manifest and its blobs (a busy CI machine) while several
+    // pushes go by; the manifest's read lease keeps them (the other listed
+    // entries, or the new one, go instead), as it is far longer than such
+    // a stall.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pulls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let reader = {
         let stop = stop.clone();
+        let pulls = pulls.clone();
         let base = server.url("");
         std::thread::spawn(move || {
             let c = Client {
@@ -980,7 +987,6 @@ fn cache_server_max_size_evicts_least_recently_used_whole_entries() {
                 base,
                 auth: None,
             };
-            let mut pulls = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let r = c.call("GET", "/v2/cache/app/tags/list", &[], None);
                 if r.status != 200 {
@@ -991,13 +997,19 @@ fn cache_server_max_size_evicts_least_recently_used_whole_entries() {
                     if c.pull_verified("cache/app", tag.as_str().unwrap())
                         .is_some()
                     {
-                        pulls += 1;
+                        pulls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
             }
-            pulls
         })
     };
+    // The pushes start once the reader is under way, however late its
+    // thread is scheduled, so that they do race with its pulls.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pulls.load(std::sync::atomic::Ordering::Relaxed) == 0 && !reader.is_finished() {
+        assert!(Instant::now() < deadline, "the reader pulls nothing");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     for i in 12..20u64 {
         push(i);
         let size = store_size(&store);
@@ -1007,8 +1019,8 @@ fn cache_server_max_size_evicts_least_recently_used_whole_entries() {
         );
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let pulls = reader.join().unwrap();
-    assert!(pulls > 0);
+    reader.join().unwrap();
+    assert!(pulls.load(std::sync::atomic::Ordering::Relaxed) > 0);
     assert_eq!(store_blobs(&store).len(), 13);
     let r = c.call("GET", "/v2/cache/app/tags/list", &[], None);
     let tags: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
@@ -1030,6 +1042,80 @@ fn cache_server_max_size_evicts_least_recently_used_whole_entries() {
     let tags: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(tags["tags"], serde_json::json!([last_pulled]));
     assert!(c.pull_verified("cache/app", &last_pulled).is_some());
+    server.stop();
+}
+
+#[test]
+fn cache_server_max_size_spares_the_blobs_of_a_manifest_being_read() {
+    // The starved reader, made deterministic: it gets a manifest, then
+    // newer entries are pushed, enough for plain LRU to evict the one it
+    // read, before it fetches the blobs. The read lease (30 s) keeps them
+    // while unread entries can go instead.
+    let t = TestRoot::new();
+    let store = t.path("cache");
+    let cap: u64 = 3_000_000;
+    let server = Server::start(&store, &["--max-size", "3MB"]);
+    let c = Client::new(&server, None);
+    let base_layer = data(99, 300_000);
+    let started = Instant::now();
+    push_entry(&c, "cache/app", 0, &base_layer);
+    let r = c.call("GET", "/v2/cache/app/manifests/k0", &[], None);
+    assert_eq!(r.status, 200);
+    let m: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let blobs: Vec<String> = std::iter::once(&m["config"])
+        .chain(m["layers"].as_array().unwrap())
+        .map(|d| d["digest"].as_str().unwrap().to_string())
+        .collect();
+    // A HEAD of a manifest leases it too.
+    push_entry(&c, "cache/app", 1, &base_layer);
+    let r = c.call("HEAD", "/v2/cache/app/manifests/k1", &[], None);
+    assert_eq!(r.status, 200);
+    // Six more entries: the cap holds four, so four go, k0 and k1 being
+    // the least recently used of all.
+    for i in 2..8u64 {
+        push_entry(&c, "cache/app", i, &base_layer);
+        let size = store_size(&store);
+        assert!(size <= cap, "store holds {size} bytes after push {i}");
+    }
+    let tags = |c: &Client| {
+        let r = c.call("GET", "/v2/cache/app/tags/list", &[], None);
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        v["tags"].clone()
+    };
+    let leased = format!(
+        "(if the test took over 30 s, {:?} here, the leases ran out)",
+        started.elapsed()
+    );
+    assert_eq!(
+        tags(&c),
+        serde_json::json!(["k0", "k1", "k6", "k7"]),
+        "the newer entries nobody read go first {leased}"
+    );
+    for d in &blobs {
+        let b = c.call("GET", &format!("/v2/cache/app/blobs/{d}"), &[], None);
+        assert_eq!(
+            b.status, 200,
+            "blob {d} of the manifest read is gone {leased}"
+        );
+        assert_eq!(Digest::of(&b.body).to_string(), *d);
+    }
+    assert!(c.pull_verified("cache/app", "k1").is_some());
+    // Everything leased: the cap still holds, and the entry served longest
+    // ago (k0) goes.
+    assert!(c.pull_verified("cache/app", "k6").is_some());
+    assert!(c.pull_verified("cache/app", "k7").is_some());
+    push_entry(&c, "cache/app", 8, &base_layer);
+    let size = store_size(&store);
+    assert!(
+        size <= cap,
+        "store holds {size} bytes with every entry leased"
+    );
+    assert_eq!(
+        tags(&c),
+        serde_json::json!(["k1", "k6", "k7", "k8"]),
+        "{leased}"
+    );
+    assert_eq!(store_blobs(&store).len(), 13);
     server.stop();
 }
 

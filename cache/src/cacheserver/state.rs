@@ -6,16 +6,28 @@
 //! Invariants, held under one lock: a manifest is recorded only once every
 //! blob and child manifest it names is in the store; a blob that a recorded
 //! manifest names is never removed; a manifest is unrecorded (and its record
-//! written) before the blobs only it named are removed. So a client never
-//! gets a manifest whose blobs are gone, and a client streaming a blob that
-//! is evicted meanwhile keeps reading it through its open file.
+//! written) before the blobs only it named are removed. So a manifest is
+//! served only while all its blobs are stored, and a client streaming a blob
+//! that is evicted meanwhile keeps reading it through its open file.
+//!
+//! Read lease: serving a manifest (GET or HEAD, by tag or digest) leases it
+//! for [`READ_LEASE`], and with it every entry that names it (an index of a
+//! child manifest fetched by digest). Eviction takes the entries that are
+//! not leased and the unreferenced blobs older than the upload grace, least
+//! recently used first, and a leased entry (again least recently used first)
+//! only while the store is still over `--max-size` once all of those are
+//! gone. So a client that fetches a manifest finds all the blobs and child
+//! manifests it names for `READ_LEASE` afterwards, unless the store could not
+//! otherwise be kept under `--max-size` (everything else left being leased or
+//! the young blobs of pushes in progress). Leases are kept in memory only (a
+//! restart drops them), and a manifest deleted through the API goes at once.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::digest::Digest;
 use crate::store::{Store, StoreError};
@@ -26,6 +38,15 @@ const RECORD_VERSION: u32 = 1;
 /// A blob's access time is written to its mtime (which survives restarts)
 /// at most this often.
 const TOUCH_PERSIST_EVERY: Duration = Duration::from_secs(60);
+
+/// How long serving a manifest protects it and its blobs from eviction
+/// (while other entries can go instead): time for a client to fetch the
+/// blobs it names, even a slow or starved one.
+pub(crate) const READ_LEASE: Duration = Duration::from_secs(30);
+
+/// The lease table is pruned of expired leases when it reaches this size
+/// (and then when it doubles).
+const LEASES_PRUNE_MIN: usize = 1024;
 
 /// One repository: its tags and the manifests pushed to it.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -58,6 +79,11 @@ pub(crate) struct Meta {
     pub(crate) repos: BTreeMap<String, Repo>,
     blobs: HashMap<Digest, BlobInfo>,
     total: u64,
+    /// When each manifest (by digest, in whichever repository) was last
+    /// served; see [`READ_LEASE`]. Expired entries linger until pruned.
+    leases: HashMap<Digest, Instant>,
+    /// `leases` is pruned when it reaches this many entries.
+    leases_prune_at: usize,
 }
 
 /// The server's metadata and the store it describes.
@@ -70,6 +96,9 @@ pub(crate) struct State {
     /// Unreferenced blobs younger than this are kept: they are probably
     /// the layers of a push whose manifest has not arrived yet.
     upload_grace: Duration,
+    /// A manifest served this recently is evicted only when nothing else
+    /// can be: [`READ_LEASE`] (shorter in tests).
+    read_lease: Duration,
 }
 
 /// An error of the server's metadata.
@@ -183,6 +212,7 @@ impl State {
             meta: Mutex::new(meta),
             max_size,
             upload_grace,
+            read_lease: READ_LEASE,
         })
     }
 
@@ -329,7 +359,7 @@ impl State {
         reference: &str,
     ) -> Result<Option<(Digest, String, Vec<u8>)>, StateError> {
         let (digest, media_type) = {
-            let meta = self.lock();
+            let mut meta = self.lock();
             let Some(r) = meta.repos.get(repo) else {
                 return Ok(None);
             };
@@ -343,7 +373,18 @@ impl State {
             let Some(m) = r.manifests.get(&digest) else {
                 return Ok(None);
             };
-            (digest, m.media_type.clone())
+            let media_type = m.media_type.clone();
+            // Under the same lock as the lookup: no eviction pass can see
+            // the manifest as served yet unleased.
+            let now = Instant::now();
+            if meta.leases.len() >= meta.leases_prune_at {
+                let lease = self.read_lease;
+                meta.leases
+                    .retain(|_, at| now.saturating_duration_since(*at) < lease);
+                meta.leases_prune_at = LEASES_PRUNE_MIN.max(2 * meta.leases.len());
+            }
+            meta.leases.insert(digest, now);
+            (digest, media_type)
         };
         self.touch_blob(&digest);
         // Read outside the lock. Eviction may remove the manifest in
@@ -384,8 +425,9 @@ impl State {
     /// Evicts least recently used entries until the store is under
     /// `--max-size`: unreferenced blobs older than the upload grace, and
     /// whole manifests that no other manifest names (with their tags and the
-    /// blobs nothing else names). Stops early when only young unreferenced
-    /// blobs are left.
+    /// blobs nothing else names). Entries under a read lease go only once
+    /// nothing else is left to evict, least recently used first too. Stops
+    /// early when only young unreferenced blobs are left.
     pub(crate) fn evict(&self) -> Result<Evicted, StateError> {
         let mut out = Evicted::default();
         let Some(max) = self.max_size else {
@@ -408,10 +450,18 @@ impl State {
                 }
             }
         }
+        let leased = self.leased(meta);
+        // Entries: `roots` are not leased, `leased_roots` are.
         let mut roots: BTreeSet<(SystemTime, String, Digest)> = BTreeSet::new();
+        let mut leased_roots: BTreeSet<(SystemTime, String, Digest)> = BTreeSet::new();
         for (name, r) in &meta.repos {
             for d in r.manifests.keys().filter(|d| !named.contains_key(d)) {
-                roots.insert((access_of(&meta.blobs, d), name.clone(), *d));
+                let set = if leased.contains(d) {
+                    &mut leased_roots
+                } else {
+                    &mut roots
+                };
+                set.insert((access_of(&meta.blobs, d), name.clone(), *d));
             }
         }
         let mut loose: BTreeSet<(SystemTime, Digest)> = meta
@@ -437,8 +487,7 @@ impl State {
             let take_loose = match (loose.first(), roots.first()) {
                 (Some((blob_access, _)), Some((root_access, _, _))) => blob_access <= root_access,
                 (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (None, None) => break,
+                (None, _) => false,
             };
             if take_loose {
                 let Some((_, d)) = loose.pop_first() else {
@@ -448,7 +497,10 @@ impl State {
                 doomed.push(d);
                 continue;
             }
-            let Some((root_access, repo, d)) = roots.pop_first() else {
+            // Leased entries only once nothing else is left.
+            let Some((root_access, repo, d)) =
+                roots.pop_first().or_else(|| leased_roots.pop_first())
+            else {
                 break;
             };
             let Some(r) = meta.repos.get_mut(&repo) else {
@@ -469,9 +521,14 @@ impl State {
                 if records.contains_key(x) {
                     // A child manifest nothing names any more is an entry
                     // of its own now.
+                    let set = if leased.contains(x) {
+                        &mut leased_roots
+                    } else {
+                        &mut roots
+                    };
                     for (name, r) in &meta.repos {
                         if r.manifests.contains_key(x) {
-                            roots.insert((access_of(&meta.blobs, x), name.clone(), *x));
+                            set.insert((access_of(&meta.blobs, x), name.clone(), *x));
                         }
                     }
                 }
@@ -508,6 +565,37 @@ impl State {
         Ok(out)
     }
 
+    /// The manifests under a read lease: those served within the lease,
+    /// and those naming one of them (an index whose child was fetched by
+    /// digest), in whichever repository. Drops expired leases.
+    fn leased(&self, meta: &mut Meta) -> HashSet<Digest> {
+        let now = Instant::now();
+        let lease = self.read_lease;
+        meta.leases
+            .retain(|_, at| now.saturating_duration_since(*at) < lease);
+        meta.leases_prune_at = LEASES_PRUNE_MIN.max(2 * meta.leases.len());
+        let mut leased: HashSet<Digest> = meta.leases.keys().copied().collect();
+        if leased.is_empty() {
+            return leased;
+        }
+        // Up the chain of indexes: a pass per level, a few at most (the
+        // references of recorded manifests form no cycle, as a manifest is
+        // recorded only after what it names, by digest).
+        loop {
+            let before = leased.len();
+            for r in meta.repos.values() {
+                for (d, m) in &r.manifests {
+                    if !leased.contains(d) && m.refs.iter().any(|x| leased.contains(x)) {
+                        leased.insert(*d);
+                    }
+                }
+            }
+            if leased.len() == before {
+                return leased;
+            }
+        }
+    }
+
     fn remove_blob(&self, meta: &mut Meta, d: &Digest) -> Result<u64, StateError> {
         let path = self.store.blob_path(d);
         match fs::remove_file(&path) {
@@ -517,6 +605,7 @@ impl State {
         }
         let size = meta.blobs.remove(d).map_or(0, |i| i.size);
         meta.total -= size;
+        meta.leases.remove(d);
         Ok(size)
     }
 
@@ -631,6 +720,134 @@ mod tests {
         let again = State::load(store.clone(), None, Duration::ZERO).unwrap();
         assert!(again.get_manifest("r/a", "a").unwrap().is_some());
         assert!(again.tags("r/b").is_none());
+    }
+
+    /// Pushes an entry of `repo:tag`: a 3000-byte layer of its own (from
+    /// `seed`) and its manifest, about 3090 bytes in all. Returns the
+    /// manifest's and the layer's digests.
+    fn entry(state: &State, repo: &str, tag: &str, seed: u8) -> (Digest, Digest) {
+        let layer = blob(state, &[seed; 3000]);
+        let (m, r) = manifest(&[layer]);
+        let d = state.put_manifest(repo, Some(tag), &m, r).unwrap().unwrap();
+        // Distinct access times, whatever the clock's resolution.
+        std::thread::sleep(Duration::from_millis(20));
+        (d, layer)
+    }
+
+    #[test]
+    fn a_served_manifest_keeps_its_blobs_while_unleased_entries_can_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // Three entries fit; the upload grace keeps loose blobs, as the
+        // server does by default.
+        let state = State::load(store.clone(), Some(10_000), Duration::from_secs(600)).unwrap();
+        assert_eq!(state.read_lease, READ_LEASE);
+        let has = |(m, l): (Digest, Digest)| store.has_blob(&m) && store.has_blob(&l);
+        // A reader gets manifest a, then stalls before fetching its layer
+        // while b, c, d and e are pushed: a is the least recently used
+        // entry by far, and plain LRU would evict it from under the reader.
+        let a = entry(&state, "r", "a", 1);
+        assert!(state.get_manifest("r", "a").unwrap().is_some());
+        std::thread::sleep(Duration::from_millis(20));
+        let b = entry(&state, "r", "b", 2);
+        let c = entry(&state, "r", "c", 3);
+        let d = entry(&state, "r", "d", 4);
+        let evicted = state.evict().unwrap();
+        assert_eq!((evicted.manifests, evicted.blobs), (1, 2), "{evicted:?}");
+        assert!(!has(b), "b, the oldest entry not being read, goes");
+        assert!(has(a) && has(c) && has(d));
+        let e = entry(&state, "r", "e", 5);
+        let evicted = state.evict().unwrap();
+        assert_eq!(evicted.manifests, 1, "{evicted:?}");
+        assert!(!has(c) && has(a) && has(d) && has(e));
+        assert!(state.total() <= 10_000);
+        // The reader wakes up: its manifest's layer is still there.
+        assert_eq!(state.touch_blob(&a.1), Some(3000));
+        assert_eq!(state.tags("r").unwrap(), ["a", "d", "e"]);
+
+        // Everything leased (read d, e, then a): the cap still holds, and
+        // the least recently served entry goes first.
+        for tag in ["d", "e", "a"] {
+            assert!(state.get_manifest("r", tag).unwrap().is_some());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // A new push's layer, young and so kept, takes the store over.
+        let loose = blob(&state, &[6u8; 3000]);
+        let evicted = state.evict().unwrap();
+        assert_eq!(evicted.manifests, 1, "{evicted:?}");
+        assert!(!has(d) && has(e) && has(a) && store.has_blob(&loose));
+        assert!(state.total() <= 10_000, "{evicted:?}");
+        // And all of them if need be.
+        let big = blob(&state, &[7u8; 6000]);
+        let evicted = state.evict().unwrap();
+        assert_eq!(evicted.manifests, 2, "{evicted:?}");
+        assert!(!has(e) && !has(a));
+        assert!(store.has_blob(&loose) && store.has_blob(&big));
+        assert!(state.total() <= 10_000, "{evicted:?}");
+        assert!(state.tags("r").is_none());
+    }
+
+    #[test]
+    fn a_read_lease_ends_and_covers_the_index_of_a_child_read_by_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut state = State::load(store.clone(), Some(10_000), Duration::from_secs(600)).unwrap();
+        state.read_lease = Duration::from_millis(100);
+        let has = |(m, l): (Digest, Digest)| store.has_blob(&m) && store.has_blob(&l);
+        let a = entry(&state, "r", "a", 1);
+        assert!(state.get_manifest("r", "a").unwrap().is_some());
+        let b = entry(&state, "r", "b", 2);
+        let c = entry(&state, "r", "c", 3);
+        // Once the lease is over, plain LRU: a, though served, goes.
+        std::thread::sleep(Duration::from_millis(150));
+        let d = entry(&state, "r", "d", 4);
+        let evicted = state.evict().unwrap();
+        assert_eq!(evicted.manifests, 1, "{evicted:?}");
+        assert!(!has(a) && has(b) && has(c) && has(d));
+        // Expired leases are dropped.
+        assert!(state.lock().leases.is_empty());
+
+        // A child manifest fetched by digest leases the index naming it
+        // (the entry), in another repository too.
+        state.read_lease = READ_LEASE;
+        let layer = blob(&state, &[8u8; 2000]);
+        let (m, r) = manifest(&[layer]);
+        let child = state.put_manifest("i", None, &m, r).unwrap().unwrap();
+        let (i, ri) = manifest(&[child]);
+        let index = state
+            .put_manifest("i", Some("multi"), &i, ri)
+            .unwrap()
+            .unwrap();
+        // The index is the newest entry; c and d (b was evicted to make
+        // room) are older, and d is served.
+        let evicted = state.evict().unwrap();
+        assert_eq!(evicted.manifests, 1, "{evicted:?}");
+        assert!(!has(b) && has(c) && has(d));
+        assert!(state.get_manifest("r", &d.0.to_string()).unwrap().is_some());
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(
+            state
+                .get_manifest("other", &child.to_string())
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            state
+                .get_manifest("i", &child.to_string())
+                .unwrap()
+                .is_some()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        let e = entry(&state, "r", "e", 5);
+        // c (unleased) goes, then e, the newest but unleased, rather than
+        // the served index or d.
+        let f_layer = blob(&state, &[9u8; 3000]);
+        let evicted = state.evict().unwrap();
+        assert_eq!(evicted.manifests, 2, "{evicted:?}");
+        assert!(!has(c) && !has(e) && has(d));
+        assert!(store.has_blob(&index) && store.has_blob(&child) && store.has_blob(&layer));
+        assert!(store.has_blob(&f_layer));
+        assert!(state.total() <= 10_000);
     }
 
     #[test]
