@@ -14,10 +14,14 @@
 //! so even extractors that apply the marker as they meet it keep the
 //! directory's new content.
 //!
-//! One thread walks the tree and reads files into large buffers; the caller's
-//! thread hashes the tar (the diffID), feeds the compressor (itself using
-//! worker threads) and writes the blob, which the store hashes again (the
-//! digest). Files are never held in memory whole.
+//! The work is spread over threads so that no single one of them bounds the
+//! throughput on a machine with few cores: one thread walks the tree and
+//! reads files into large buffers, which are shared (not copied) by a thread
+//! hashing the tar (the diffID) and by the caller's thread, which feeds the
+//! compressor (itself using worker threads); the compressed output goes in
+//! buffers to a last thread that writes the blob, which the store hashes
+//! again (the digest). Files are never held in memory whole, and only a few
+//! buffers are in flight at any time.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
@@ -26,12 +30,13 @@ use std::io::{self, Read, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 
 use crate::compression::{CompressionError, CompressionOptions, compressor};
 use crate::digest::{Digest, Hasher};
 use crate::layer::{OVERLAY_OPAQUE_XATTR, WHITEOUT_OPAQUE, WHITEOUT_PREFIX};
-use crate::store::{Store, StoreError};
+use crate::store::{BlobWriter, Store, StoreError};
 
 /// The opaque marker overlayfs writes when mounted with `userxattr`
 /// (rootless).
@@ -52,6 +57,13 @@ const CHUNK: usize = 1 << 20;
 /// Buffers in flight: enough to ride out a large file's read or a slow
 /// compression block without either side waiting.
 const CHUNKS_IN_FLIGHT: usize = 8;
+
+/// Size of the buffers of compressed output passed to the blob writing
+/// thread: large enough that the store's writer passes them straight to the
+/// kernel, without copying them into its own buffer.
+const OUT_CHUNK: usize = 1 << 20;
+/// Compressed buffers in flight.
+const OUT_CHUNKS_IN_FLIGHT: usize = 4;
 
 const BLOCK: usize = 512;
 
@@ -123,20 +135,148 @@ fn create_layer_with(
     opts: &CreateOptions,
     tar: TarWriter,
 ) -> Result<LayerDescriptor, CreateError> {
-    let compressed = opts.compression.kind != crate::compression::Compression::None;
     let blob = store.blob_writer()?;
-    let mut out = compressor(blob, &opts.compression)?;
-    // An uncompressed blob is the tar itself, whose digest the store computes
-    // anyway: hashing it a second time would only cost time.
-    let diff_id = stream_tar(dir, tar, &mut out, compressed)?;
-    let blob = out.finish().map_err(CreateError::Write)?;
+    let (diff_id, blob) = if opts.compression.kind == crate::compression::Compression::None {
+        // An uncompressed blob is the tar itself, whose digest the store
+        // computes anyway: hashing it a second time would only cost time.
+        // Writing it here costs no more than handing it to a thread would.
+        let mut out = compressor(blob, &opts.compression)?;
+        let diff_id = stream_tar(dir, tar, &mut out, false)?;
+        (diff_id, out.finish().map_err(CreateError::Write)?)
+    } else {
+        compress_to_blob(dir, tar, opts, blob)?
+    };
+    let media_type = opts.compression.kind.media_type().to_string();
     let (digest, size) = blob.commit(None)?;
     Ok(LayerDescriptor {
-        media_type: opts.compression.kind.media_type().to_string(),
+        media_type,
         digest,
         size,
         diff_id: diff_id.unwrap_or(digest),
     })
+}
+
+/// Streams the tar of `dir` through the compressor into `blob`, which a
+/// thread of its own hashes and writes; returns the diffID and the blob,
+/// ready to commit.
+fn compress_to_blob(
+    dir: &Path,
+    tar: TarWriter,
+    opts: &CreateOptions,
+    blob: BlobWriter,
+) -> Result<(Option<Digest>, BlobWriter), CreateError> {
+    let (full_tx, full_rx) = mpsc::sync_channel::<Vec<u8>>(OUT_CHUNKS_IN_FLIGHT);
+    let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+    std::thread::scope(|s| {
+        let writer = std::thread::Builder::new()
+            .name("layer-blob".into())
+            .spawn_scoped(s, move || write_blob(blob, &full_rx, &free_tx))
+            .map_err(CreateError::Write)?;
+        let pipe = BlobPipe {
+            buf: Vec::new(),
+            full: full_tx,
+            free: free_rx,
+            unallocated: OUT_CHUNKS_IN_FLIGHT,
+        };
+        // On every path out of this closure the pipe is dropped (on an
+        // error, with the compressor holding it), which ends the writer.
+        let streamed = (|| -> Result<Option<Digest>, CreateError> {
+            let mut out = compressor(pipe, &opts.compression)?;
+            let diff_id = stream_tar(dir, tar, &mut out, true)?;
+            out.finish()
+                .and_then(BlobPipe::finish)
+                .map_err(CreateError::Write)?;
+            Ok(diff_id)
+        })();
+        let written = writer
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        // A failed write is the cause of the compressor's error, if it has
+        // one (the pipe broke); the writer never fails because of the rest.
+        let blob = written.map_err(CreateError::Write)?;
+        Ok((streamed?, blob))
+    })
+}
+
+/// The blob writing thread: hashes and writes the buffers that come in,
+/// sends them back for reuse, and hands back the blob when they stop.
+fn write_blob(
+    mut blob: BlobWriter,
+    full: &Receiver<Vec<u8>>,
+    free: &Sender<Vec<u8>>,
+) -> io::Result<BlobWriter> {
+    for mut buf in full.iter() {
+        blob.write_all(&buf)?;
+        buf.clear();
+        // The compressor's side may be gone already, done or failed.
+        let _ = free.send(buf);
+    }
+    blob.flush()?;
+    Ok(blob)
+}
+
+/// The compressor's output: collects it into large buffers for the blob
+/// writing thread.
+struct BlobPipe {
+    buf: Vec<u8>,
+    full: SyncSender<Vec<u8>>,
+    free: Receiver<Vec<u8>>,
+    /// Buffers that may still be allocated before waiting for one to come
+    /// back: allocated on demand, so a small layer needs only one.
+    unallocated: usize,
+}
+
+fn blob_writer_gone() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "layer blob writer stopped")
+}
+
+impl BlobPipe {
+    fn send(&mut self) -> io::Result<()> {
+        let next = match self.free.try_recv() {
+            Ok(buf) => buf,
+            Err(_) if self.unallocated > 0 => {
+                self.unallocated -= 1;
+                Vec::with_capacity(OUT_CHUNK)
+            }
+            Err(_) => Vec::new(),
+        };
+        let full = std::mem::replace(&mut self.buf, next);
+        self.full.send(full).map_err(|_| blob_writer_gone())?;
+        if self.buf.capacity() == 0 {
+            self.buf = self.free.recv().map_err(|_| blob_writer_gone())?;
+        }
+        Ok(())
+    }
+
+    /// Sends what is left; the writer thread stops once it has written it.
+    fn finish(mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            let last = std::mem::take(&mut self.buf);
+            self.full.send(last).map_err(|_| blob_writer_gone())?;
+        }
+        Ok(())
+    }
+}
+
+impl Write for BlobPipe {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.buf.capacity() == 0 {
+            self.unallocated -= 1;
+            self.buf = Vec::with_capacity(OUT_CHUNK);
+        }
+        if self.buf.len() == OUT_CHUNK {
+            self.send()?;
+        }
+        let n = (OUT_CHUNK - self.buf.len()).min(data.len());
+        self.buf.extend_from_slice(&data[..n]);
+        Ok(n)
+    }
+
+    /// Does nothing: the data reaches the blob through [`BlobPipe::finish`],
+    /// and sending partial buffers would only make more of them.
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Writes the uncompressed layer tar of `dir` to `out` (the compression in
@@ -152,7 +292,7 @@ pub fn write_layer_tar(
 }
 
 /// Runs the tar producer on its own thread and copies its output into `out`
-/// on this one, hashing it on the way if `hash` is set.
+/// on this one; if `hash` is set, a third thread hashes it meanwhile.
 fn stream_tar(
     dir: &Path,
     mut tar: TarWriter,
@@ -166,65 +306,97 @@ fn stream_tar(
             source: io::Error::other("not a directory"),
         });
     }
-    let (full_tx, full_rx) = mpsc::sync_channel::<Chunk>(CHUNKS_IN_FLIGHT);
+    let (full_tx, full_rx) = mpsc::sync_channel::<Arc<Chunk>>(CHUNKS_IN_FLIGHT);
+    let (hash_tx, hash_rx) = mpsc::sync_channel::<Arc<Chunk>>(CHUNKS_IN_FLIGHT);
     let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
-    for _ in 0..CHUNKS_IN_FLIGHT {
-        free_tx.send(vec![0; CHUNK]).expect("receiver alive");
-    }
     std::thread::scope(|s| {
+        let hasher = if hash {
+            let hasher = std::thread::Builder::new()
+                .name("layer-diffid".into())
+                .spawn_scoped(s, move || {
+                    let mut hasher = Hasher::new();
+                    for chunk in hash_rx.iter() {
+                        hasher.update(chunk.data());
+                    }
+                    hasher
+                })
+                .map_err(CreateError::Write)?;
+            Some(hasher)
+        } else {
+            None
+        };
         let producer = std::thread::Builder::new()
             .name("layer-tar".into())
             .spawn_scoped(s, move || {
                 let mut sink = ChunkSink {
                     buf: Vec::new(),
                     fill: 0,
+                    allocated: 0,
                     full: full_tx,
+                    hash: hash.then_some(hash_tx),
+                    recycle: free_tx,
                     free: free_rx,
                 };
                 tar.write_tree(dir, &mut sink)?;
                 sink.finish()
             })
             .map_err(CreateError::Write)?;
-        let mut hasher = hash.then(Hasher::new);
         let mut consumed: Result<(), io::Error> = Ok(());
         for chunk in full_rx.iter() {
-            let data = &chunk.buf[..chunk.fill];
-            if let Some(h) = hasher.as_mut() {
-                h.update(data);
-            }
-            if let Err(e) = out.write_all(data) {
+            if let Err(e) = out.write_all(chunk.data()) {
                 consumed = Err(e);
                 break;
             }
-            // The producer may have finished and dropped its receiver.
-            let _ = free_tx.send(chunk.buf);
         }
-        // Closing both channels makes a producer blocked on either (a full
-        // channel, or no free buffer) stop with an error, which the
-        // consumer's error then supersedes.
+        // Closing the channel frees the chunks queued in it; the producer,
+        // once it has one of them back, fails to send it and stops, with an
+        // error which the consumer's then supersedes.
         drop(full_rx);
-        drop(free_tx);
         let produced = producer
             .join()
             .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        // The producer is gone, so the hasher's channel is closed.
+        let hashed = hasher.map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
         consumed.map_err(CreateError::Write)?;
         produced?;
-        Ok(hasher.map(Hasher::finish))
+        Ok(hashed.map(Hasher::finish))
     })
 }
 
+/// A filled buffer of tar, shared by the diffID hasher and the compressor's
+/// feed. Whichever lets go of it last sends its buffer back to the producer.
 struct Chunk {
     buf: Vec<u8>,
     fill: usize,
+    recycle: Sender<Vec<u8>>,
+}
+
+impl Chunk {
+    fn data(&self) -> &[u8] {
+        &self.buf[..self.fill]
+    }
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        // The producer may have stopped and dropped its receiver.
+        let _ = self.recycle.send(std::mem::take(&mut self.buf));
+    }
 }
 
 /// The producer's end of the pipeline: fills fixed-size buffers and sends
-/// them on. Buffers come back through `free` so that they are allocated
-/// (and zeroed) once.
+/// them on. Buffers come back through `free` once every consumer is done
+/// with them, so that they are allocated (and zeroed) once, and at most
+/// [`CHUNKS_IN_FLIGHT`] of them exist.
 struct ChunkSink {
     buf: Vec<u8>,
     fill: usize,
-    full: SyncSender<Chunk>,
+    /// Buffers allocated so far.
+    allocated: usize,
+    full: SyncSender<Arc<Chunk>>,
+    /// The diffID hasher, when there is one.
+    hash: Option<SyncSender<Arc<Chunk>>>,
+    recycle: Sender<Vec<u8>>,
     free: Receiver<Vec<u8>>,
 }
 
@@ -242,19 +414,31 @@ impl ChunkSink {
             if !self.buf.is_empty() {
                 self.send()?;
             }
-            self.buf = self.free.recv().map_err(|_| consumer_gone())?;
+            self.buf = match self.free.try_recv() {
+                Ok(buf) => buf,
+                Err(_) if self.allocated < CHUNKS_IN_FLIGHT => {
+                    self.allocated += 1;
+                    vec![0; CHUNK]
+                }
+                // Never disconnected: this sink holds a sender, and a
+                // consumer that stopped makes the next send fail instead.
+                Err(_) => self.free.recv().map_err(|_| consumer_gone())?,
+            };
             self.fill = 0;
         }
         Ok(&mut self.buf[self.fill..])
     }
 
     fn send(&mut self) -> Result<(), CreateError> {
-        let buf = std::mem::take(&mut self.buf);
-        let chunk = Chunk {
-            buf,
+        let chunk = Arc::new(Chunk {
+            buf: std::mem::take(&mut self.buf),
             fill: self.fill,
-        };
+            recycle: self.recycle.clone(),
+        });
         self.fill = 0;
+        if let Some(hash) = &self.hash {
+            hash.send(Arc::clone(&chunk)).map_err(|_| consumer_gone())?;
+        }
         self.full.send(chunk).map_err(|_| consumer_gone())
     }
 
@@ -765,16 +949,16 @@ mod tests {
         assert_eq!(split_ustar(&long_prefix), None);
     }
 
-    fn sink() -> (ChunkSink, Receiver<Chunk>) {
+    fn sink() -> (ChunkSink, Receiver<Arc<Chunk>>) {
         let (full_tx, full_rx) = mpsc::sync_channel(64);
         let (free_tx, free_rx) = mpsc::channel();
-        for _ in 0..4 {
-            free_tx.send(vec![0; CHUNK]).unwrap();
-        }
         let sink = ChunkSink {
             buf: Vec::new(),
             fill: 0,
+            allocated: 0,
             full: full_tx,
+            hash: None,
+            recycle: free_tx,
             free: free_rx,
         };
         (sink, full_rx)
@@ -798,7 +982,7 @@ mod tests {
         write_header(&mut out, &hdr).unwrap();
         out.finish().unwrap();
         let chunk = rx.recv().unwrap();
-        let bytes = &chunk.buf[..chunk.fill];
+        let bytes = chunk.data();
         assert_eq!(
             bytes.len(),
             3 * BLOCK,
@@ -825,21 +1009,11 @@ mod tests {
         for vlen in [0usize, 1, 80, 89, 90, 91, 995, 996, 997, 9990] {
             let mut map = BTreeMap::new();
             map.insert(b"path".to_vec(), vec![b'a'; vlen]);
-            let (full_tx, full_rx) = mpsc::sync_channel(64);
-            let (free_tx, free_rx) = mpsc::channel();
-            for _ in 0..4 {
-                free_tx.send(vec![0; CHUNK]).unwrap();
-            }
-            let mut sink = ChunkSink {
-                buf: Vec::new(),
-                fill: 0,
-                full: full_tx,
-                free: free_rx,
-            };
+            let (mut sink, full_rx) = sink();
             write_pax(&mut sink, b"x", &map).unwrap();
             sink.finish().unwrap();
             let chunk = full_rx.recv().unwrap();
-            let data = &chunk.buf[BLOCK..chunk.fill];
+            let data = &chunk.data()[BLOCK..];
             let space = data.iter().position(|&b| b == b' ').unwrap();
             let len: usize = std::str::from_utf8(&data[..space])
                 .unwrap()
