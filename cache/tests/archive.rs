@@ -783,44 +783,64 @@ fn recompression_writes_new_layers_and_manifest_with_the_same_diff_ids() {
 
 // ---------------------------------------------------------------- destinations
 
+/// Both ways a blob is copied: whole (small blobs) and through the reading
+/// thread that hashes buffers ahead of the writer (large ones, several
+/// buffers long), with the damage in the last buffer, after most of the
+/// blob was written out.
 #[test]
 fn a_failed_export_leaves_nothing_at_the_destination() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = new_store(dir.path(), "a");
-    put_image(
-        &a,
-        &[(
-            layer_tar(&[("f", Some(&noise(1 << 20, 6)))]),
-            Compression::None,
-        )],
-        "1",
-        &["app:1"],
-    );
-    let layer = a.resolve("app:1").unwrap().layers()[0].clone();
-    // Corrupt the stored layer in place (same size).
-    let path = a.store().blob_path(&layer.digest);
-    let mut bytes = std::fs::read(&path).unwrap();
-    bytes[700] ^= 1;
-    std::fs::remove_file(&path).unwrap();
-    std::fs::write(&path, &bytes).unwrap();
+    for (i, len) in [1usize << 20, (9 << 20) + 123].into_iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = new_store(dir.path(), "a");
+        put_image(
+            &a,
+            &[(
+                layer_tar(&[("f", Some(&noise(len, 6 + i as u64)))]),
+                Compression::None,
+            )],
+            "1",
+            &["app:1"],
+        );
+        let layer = a.resolve("app:1").unwrap().layers()[0].clone();
+        let path = a.store().blob_path(&layer.digest);
+        let mut bytes = std::fs::read(&path).unwrap();
+        // Intact, the layer is exported byte for byte.
+        let exported = tar_files(&export_to_vec(&DockerExporter::default(), &a, &["app:1"]));
+        assert_eq!(
+            exported[&format!("blobs/sha256/{}", layer.digest.hex())],
+            bytes
+        );
+        // Corrupt the stored layer in place (same size), near its end.
+        let at = bytes.len() - 2000;
+        bytes[at] ^= 1;
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, &bytes).unwrap();
 
-    let out_dir = dir.path().join("out");
-    std::fs::create_dir(&out_dir).unwrap();
-    let dest = out_dir.join("app.tar");
-    let items = vec![ExportImage::lookup(&a, "app:1").unwrap()];
-    let err = DockerExporter::default()
-        .export(&a, &items, Destination::Path(dest.clone()))
-        .unwrap_err();
-    assert!(
-        matches!(err, ArchiveError::CorruptBlob { digest, .. } if digest == layer.digest),
-        "{err}"
-    );
-    assert!(!dest.exists());
-    assert_eq!(
-        std::fs::read_dir(&out_dir).unwrap().count(),
-        0,
-        "no temp file left either"
-    );
+        let out_dir = dir.path().join("out");
+        std::fs::create_dir(&out_dir).unwrap();
+        let dest = out_dir.join("app.tar");
+        let items = vec![ExportImage::lookup(&a, "app:1").unwrap()];
+        let err = DockerExporter::default()
+            .export(&a, &items, Destination::Path(dest.clone()))
+            .unwrap_err();
+        assert!(
+            matches!(err, ArchiveError::CorruptBlob { digest, .. } if digest == layer.digest),
+            "{err}"
+        );
+        assert!(!dest.exists());
+        assert_eq!(
+            std::fs::read_dir(&out_dir).unwrap().count(),
+            0,
+            "no temp file left either"
+        );
+        // An existing file stays as it was.
+        std::fs::write(&dest, b"old").unwrap();
+        OciExporter::default()
+            .export(&a, &items, Destination::Path(dest.clone()))
+            .unwrap_err();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"old");
+        assert_eq!(std::fs::read_dir(&out_dir).unwrap().count(), 1);
+    }
 }
 
 #[test]

@@ -7,14 +7,17 @@
 //! `skopeo … docker-archive:` all read it. `type=oci` is the same without
 //! `manifest.json`. Each blob is written once, streamed from the store and
 //! hashed on the way so that a corrupt store never produces a tarball that
-//! claims a digest it does not have. Files are written through
-//! [`AtomicFile`]: a killed export leaves nothing at the destination.
+//! claims a digest it does not have (the export fails instead). Files are
+//! written through [`AtomicFile`]: a killed or failed export leaves nothing at
+//! the destination. They are not fsynced, as `docker save`'s are not: see
+//! [`AtomicFile`] for what an OS crash right after an export may leave.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::mpsc;
 
 use serde::Serialize;
 
@@ -28,7 +31,7 @@ use crate::images::{
 use crate::json;
 use crate::layer::flatten::flatten_layers;
 use crate::snapshot::LayerRef;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 
@@ -469,21 +472,17 @@ fn write_layout<W: Write>(
                 actual: *digest,
             });
         }
-        let file = store.open_blob(digest)?;
-        let mut reader = HashingReader {
-            inner: file.take(*size),
-            hasher: Hasher::new(),
-        };
+        // The entry is written by hand rather than by `append_data` (same
+        // bytes) so that the body goes from the reading thread's buffers
+        // straight to the output, without another copy.
         let mut h = header(tar::EntryType::Regular, *size);
-        tar.append_data(&mut h, blob_path(digest), &mut reader)
-            .map_err(s)?;
-        let actual = reader.hasher.finish();
-        if actual != *digest {
-            return Err(ArchiveError::CorruptBlob {
-                digest: *digest,
-                actual,
-            });
-        }
+        h.set_path(blob_path(digest)).map_err(s)?;
+        h.set_cksum();
+        let out = tar.get_mut();
+        out.write_all(h.as_bytes()).map_err(s)?;
+        copy_blob(store, digest, *size, out)?;
+        let pad = (512 - *size % 512) % 512;
+        out.write_all(&[0; 512][..pad as usize]).map_err(s)?;
     }
     let index = serde_json::json!({
         "schemaVersion": 2,
@@ -505,6 +504,107 @@ fn write_layout<W: Write>(
     }
     append_bytes(&mut tar, "oci-layout", OCI_LAYOUT).map_err(s)?;
     tar.into_inner().map_err(s)
+}
+
+/// Blobs this large or larger are read and hashed on a second thread while
+/// this one writes them out: SHA-256 is the largest cost of an export, and
+/// this way it overlaps the copy into the destination.
+const PIPELINE_MIN: u64 = 4 << 20;
+
+/// The size of the buffers passed from the reading thread to the writing one.
+const CHUNK: usize = 1 << 20;
+
+/// Buffers read ahead of the writer.
+const CHUNKS_AHEAD: usize = 4;
+
+/// Writes the `size` bytes of blob `digest` from the store to `out` (the
+/// body of its tar entry) and fails if they do not hash to `digest` or are
+/// fewer than `size`. The bytes checked are the bytes written: the reading
+/// thread hashes each buffer before it hands it over.
+fn copy_blob(
+    store: &Store,
+    digest: &Digest,
+    size: u64,
+    out: &mut impl Write,
+) -> Result<(), ArchiveError> {
+    let path = store.blob_path(digest);
+    let rerr = |source| {
+        ArchiveError::Store(StoreError::Io {
+            path: path.clone(),
+            source,
+        })
+    };
+    let mut file = store.open_blob(digest)?.take(size);
+    let (got, actual) = if size < PIPELINE_MIN {
+        let mut data = Vec::with_capacity(size as usize);
+        file.read_to_end(&mut data).map_err(rerr)?;
+        out.write_all(&data).map_err(ArchiveError::Stream)?;
+        (data.len() as u64, Digest::of(&data))
+    } else {
+        let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(CHUNKS_AHEAD);
+        let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+        std::thread::scope(|scope| {
+            let reader = scope.spawn(move || -> io::Result<(u64, Digest)> {
+                let mut hasher = Hasher::new();
+                loop {
+                    let mut buf = free_rx.try_recv().unwrap_or_else(|_| vec![0; CHUNK]);
+                    let n = read_full(&mut file, &mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    hasher.update(&buf[..n]);
+                    if full_tx.send((buf, n)).is_err() {
+                        // The writer failed and says why.
+                        break;
+                    }
+                }
+                Ok((hasher.len(), hasher.finish()))
+            });
+            let mut written = Ok(());
+            for (buf, n) in full_rx.iter() {
+                if let Err(e) = out.write_all(&buf[..n]) {
+                    written = Err(e);
+                    break;
+                }
+                let _ = free_tx.send(buf);
+            }
+            // Unblocks a reader waiting to send after a failed write.
+            drop(full_rx);
+            let read = reader
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            written.map_err(ArchiveError::Stream)?;
+            read.map_err(rerr)
+        })?
+    };
+    if got != size {
+        return Err(ArchiveError::Truncated {
+            path: path.display().to_string(),
+            got,
+            expected: size,
+        });
+    }
+    if actual != *digest {
+        return Err(ArchiveError::CorruptBlob {
+            digest: *digest,
+            actual,
+        });
+    }
+    Ok(())
+}
+
+/// Reads until `buf` is full or the input ends; returns the bytes read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 /// Counts bytes on their way to the destination.
