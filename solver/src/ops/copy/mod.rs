@@ -42,6 +42,9 @@ mod archive;
 mod chmod;
 mod chown;
 pub(crate) mod fetch;
+#[cfg(test)]
+mod parallel_tests;
+mod pool;
 pub mod remote;
 pub(crate) mod resolve;
 mod tree;
@@ -242,6 +245,15 @@ fn written_display(written: &[OsString]) -> String {
 
 /// Runs one COPY or ADD. See the module documentation for the rules.
 pub fn apply_copy(op: &CopyOp, cx: &CopyContext<'_>) -> Result<CopyStats, CopyError> {
+    apply_copy_with(op, cx, pool::worker_count())
+}
+
+/// [`apply_copy`] with `workers` threads copying regular files (0: none).
+fn apply_copy_with(
+    op: &CopyOp,
+    cx: &CopyContext<'_>,
+    workers: usize,
+) -> Result<CopyStats, CopyError> {
     let mode = op
         .chmod
         .as_ref()
@@ -279,7 +291,14 @@ pub fn apply_copy(op: &CopyOp, cx: &CopyContext<'_>) -> Result<CopyStats, CopyEr
         context: cx.src_is_context,
         exclude: exclude.as_ref(),
     });
-    let mut writer = Writer::new(cx.dest_root, chown, mode, cx.source_date_epoch, cx.cancel);
+    let mut writer = Writer::new(
+        cx.dest_root,
+        chown,
+        mode,
+        cx.source_date_epoch,
+        cx.cancel,
+        workers,
+    );
 
     // Everything is found (and downloaded) first, so that a missing source
     // or a bad download leaves the destination untouched.
@@ -344,7 +363,10 @@ pub fn apply_copy(op: &CopyOp, cx: &CopyContext<'_>) -> Result<CopyStats, CopyEr
         op.dest.ends_with('/') || op.sources.len() > 1 || items.len() > 1 || op.parents;
     for item in items {
         writer.check_cancel()?;
-        write_item(&mut writer, op, source.as_ref(), item, &dest, dest_is_dir)?;
+        let written = write_item(&mut writer, op, source.as_ref(), item, &dest, dest_is_dir);
+        // The item's file copies end before the next item looks at the
+        // target.
+        writer.settle(written)?;
     }
     writer.finish_dirs()?;
     Ok(writer.stats)

@@ -8,8 +8,14 @@
 //! `symlink`, `link`, `lchown`, `utimensat(AT_SYMLINK_NOFOLLOW)`), and an
 //! existing non-directory in its place is removed first, never written
 //! through.
+//!
+//! The walk is sequential and in byte order of names; the copy of each
+//! regular file found by a directory walk is a [`FileJob`] that a few worker
+//! threads run (see [`super::pool`]), setting its metadata through the open
+//! file rather than by path. The resulting tree is the same as a sequential
+//! copy's.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::{self, File, Metadata, OpenOptions};
 use std::io;
@@ -18,11 +24,12 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use frontend::dockerignore::PatternMatcher;
-use nix::sys::stat::{Mode, SFlag, UtimensatFlags, mknod, utimensat};
+use nix::sys::stat::{Mode, SFlag, UtimensatFlags, futimens, mknod, utimensat};
 use nix::sys::time::TimeSpec;
 
 use super::chmod::ModeChange;
 use super::chown::Owner;
+use super::pool::Pool;
 use super::resolve::{Escape, ResolveError, Tree, display_abs, slash_str};
 use super::{CopyError, CopyStats};
 use crate::sandbox::CancelHandle;
@@ -106,6 +113,16 @@ pub(super) struct Writer<'a> {
     links: HashMap<(u64, u64), PathBuf>,
     /// Directory times, applied last: writing entries changes them.
     dir_times: Vec<(PathBuf, Stamp, Stamp)>,
+    /// How many threads copy regular files; 0 copies them on this one.
+    workers: usize,
+    /// The workers, started at the second regular file, so that a copy of
+    /// one file starts no thread.
+    pool: Option<Pool>,
+    /// Regular files handed out so far: the sequence number of the next.
+    file_jobs: u64,
+    /// Host paths that queued jobs create: looking at one of them (or
+    /// replacing it) waits for the jobs first.
+    pending: HashSet<PathBuf>,
 }
 
 impl<'a> Writer<'a> {
@@ -115,6 +132,7 @@ impl<'a> Writer<'a> {
         mode: Option<ModeChange>,
         epoch: Option<i64>,
         cancel: &'a CancelHandle,
+        workers: usize,
     ) -> Self {
         let created = match epoch {
             Some(sec) => Stamp { sec, nsec: 0 },
@@ -130,7 +148,99 @@ impl<'a> Writer<'a> {
             created,
             links: HashMap::new(),
             dir_times: Vec::new(),
+            workers,
+            pool: None,
+            file_jobs: 0,
+            pending: HashSet::new(),
         }
+    }
+
+    /// Waits for the queued file copies and counts what they wrote; the
+    /// error of the earliest one that failed, if any.
+    pub(super) fn wait_jobs(&mut self) -> Result<(), CopyError> {
+        self.pending.clear();
+        let Some(pool) = &self.pool else {
+            return Ok(());
+        };
+        let done = pool.wait()?;
+        self.stats.files += done.files;
+        self.stats.bytes += done.bytes;
+        Ok(())
+    }
+
+    /// The outcome of writing one item once its file copies are done: an
+    /// error among them comes first, being earlier in walk order than
+    /// anything the walk itself ran into.
+    pub(super) fn settle<T>(&mut self, result: Result<T, CopyError>) -> Result<T, CopyError> {
+        self.wait_jobs()?;
+        result
+    }
+
+    /// The owner a copied entry gets.
+    fn owner_of(&self, src: &Source<'_>, meta: &Metadata) -> Owner {
+        match (self.chown, src.context) {
+            (Some(owner), _) => owner,
+            (None, true) => Owner::ROOT,
+            (None, false) => Owner {
+                uid: meta.uid(),
+                gid: meta.gid(),
+            },
+        }
+    }
+
+    /// The mode a copied entry (not a link) gets.
+    fn mode_of(&self, meta: &Metadata) -> u32 {
+        let mode = meta.mode() & 0o7777;
+        match &self.mode {
+            Some(change) => change.apply(mode, meta.is_dir()),
+            None => mode,
+        }
+    }
+
+    /// A copied entry's access and modification times.
+    fn times_of(&self, meta: &Metadata) -> (Stamp, Stamp) {
+        let atime = self.clamp(Stamp {
+            sec: meta.atime(),
+            nsec: meta.atime_nsec(),
+        });
+        let mtime = self.clamp(Stamp {
+            sec: meta.mtime(),
+            nsec: meta.mtime_nsec(),
+        });
+        (atime, mtime)
+    }
+
+    /// Copies a regular file: here for the first one (or without workers),
+    /// else by a worker when `defer`.
+    fn run_file_job(&mut self, job: FileJob, defer: bool) -> Result<(), CopyError> {
+        let first = job.seq == 0;
+        if defer && !first && self.workers > 0 && self.pool.is_none() {
+            self.pool = Pool::start(self.workers, self.cancel);
+            if self.pool.is_none() {
+                self.workers = 0;
+            }
+        }
+        let job = match (&self.pool, defer) {
+            (Some(pool), true) => {
+                let dst = job.dst.clone();
+                match pool.push(job) {
+                    Ok(()) => {
+                        self.pending.insert(dst);
+                        return Ok(());
+                    }
+                    Err(job) => {
+                        // An earlier file failed: its error is the copy's.
+                        self.wait_jobs()?;
+                        job
+                    }
+                }
+            }
+            _ => job,
+        };
+        let bytes = job.run()?;
+        self.stats.files += 1;
+        self.stats.bytes += bytes;
+        Ok(())
     }
 
     pub(super) fn check_cancel(&self) -> Result<(), CopyError> {
@@ -166,13 +276,20 @@ impl<'a> Writer<'a> {
     }
 
     /// Resolves a destination path inside the target, following every link.
-    pub(super) fn resolve_dest(&self, path: &Path) -> Result<PathBuf, CopyError> {
+    pub(super) fn resolve_dest(&mut self, path: &Path) -> Result<PathBuf, CopyError> {
+        // The lookups on the way may pass a file a job is still creating.
+        if !self.pending.is_empty() {
+            self.wait_jobs()?;
+        }
         self.dest
             .resolve(path, true)
             .map_err(|e| self.dest_error(path, e))
     }
 
-    pub(super) fn lstat_dest(&self, rel: &Path) -> Result<Option<Metadata>, CopyError> {
+    pub(super) fn lstat_dest(&mut self, rel: &Path) -> Result<Option<Metadata>, CopyError> {
+        if !self.pending.is_empty() && self.pending.contains(&self.dest.host_path(rel)) {
+            self.wait_jobs()?;
+        }
         self.dest.lstat(rel).map_err(|e| self.dest_error(rel, e))
     }
 
@@ -229,7 +346,7 @@ impl<'a> Writer<'a> {
 
     /// Removes what is at `rel` so that a non-directory can take its place;
     /// a directory there is an error, as in BuildKit.
-    pub(super) fn clear_target(&self, rel: &Path) -> Result<(), CopyError> {
+    pub(super) fn clear_target(&mut self, rel: &Path) -> Result<(), CopyError> {
         match self.lstat_dest(rel)? {
             None => Ok(()),
             Some(meta) if meta.is_dir() => Err(CopyError::ReplaceDirectory {
@@ -245,7 +362,7 @@ impl<'a> Writer<'a> {
     /// The directory to merge a source directory into: an existing
     /// directory, or a link to one (inside the target, e.g. `/lib` →
     /// `usr/lib`); `None` when nothing is there yet.
-    fn existing_dir(&self, rel: &Path) -> Result<Option<PathBuf>, CopyError> {
+    fn existing_dir(&mut self, rel: &Path) -> Result<Option<PathBuf>, CopyError> {
         match self.lstat_dest(rel)? {
             None => Ok(None),
             Some(meta) if meta.is_dir() => Ok(Some(rel.to_path_buf())),
@@ -340,11 +457,12 @@ impl<'a> Writer<'a> {
             };
             return self.copy_children(src, src_rel, rel_in_source, &dir);
         }
-        self.copy_leaf(src, src_rel, meta, &target)
+        self.copy_entry(src, src_rel, meta, &target, true)
     }
 
     /// Copies a non-directory source entry to `target` (resolved parent,
-    /// final component not followed).
+    /// final component not followed), on this thread: a single file needs
+    /// no workers.
     pub(super) fn copy_leaf(
         &mut self,
         src: &Source<'_>,
@@ -352,7 +470,19 @@ impl<'a> Writer<'a> {
         meta: &Metadata,
         target: &Path,
     ) -> Result<(), CopyError> {
-        self.clear_target(target)?;
+        self.copy_entry(src, src_rel, meta, target, false)
+    }
+
+    /// [`copy_leaf`](Self::copy_leaf), with a regular file's copy handed
+    /// to the workers when `defer`.
+    fn copy_entry(
+        &mut self,
+        src: &Source<'_>,
+        src_rel: &Path,
+        meta: &Metadata,
+        target: &Path,
+        defer: bool,
+    ) -> Result<(), CopyError> {
         let host_src = src.tree.host_path(src_rel);
         let host_dst = self.dest.host_path(target);
         let io_err = |what: &str| {
@@ -362,32 +492,42 @@ impl<'a> Writer<'a> {
         let ft = meta.file_type();
         if ft.is_file() {
             if meta.nlink() > 1 {
-                if let Some(first) = self.links.get(&(meta.dev(), meta.ino())) {
-                    fs::hard_link(first, &host_dst).map_err(io_err("link"))?;
+                if let Some(first) = self.links.get(&(meta.dev(), meta.ino())).cloned() {
+                    if self.pending.contains(&first) {
+                        self.wait_jobs()?;
+                    }
+                    self.clear_target(target)?;
+                    fs::hard_link(&first, &host_dst).map_err(io_err("link"))?;
                     self.stats.files += 1;
                     return Ok(());
                 }
-            }
-            let mut input = OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&host_src)
-                .map_err(|source| CopyError::Io {
-                    what: format!("open source {}", display_abs(src_rel)),
-                    source,
-                })?;
-            let mut output = create_file(&host_dst).map_err(io_err("create"))?;
-            // std uses copy_file_range where it can: no copy through user
-            // space, and reflinks on filesystems that have them.
-            let n = io::copy(&mut input, &mut output).map_err(io_err("write"))?;
-            self.stats.files += 1;
-            self.stats.bytes += n;
-            drop(output);
-            if meta.nlink() > 1 {
                 self.links
                     .insert((meta.dev(), meta.ino()), host_dst.clone());
             }
-        } else if ft.is_symlink() {
+            // Two entries of one walk can only meet at a path through a
+            // link in the target (`lib/x` and `usr/lib/x` with `lib ->
+            // usr/lib`); the later one replaces the earlier, as before.
+            if self.pending.contains(&host_dst) {
+                self.wait_jobs()?;
+            }
+            let (atime, mtime) = self.times_of(meta);
+            let job = FileJob {
+                seq: self.file_jobs,
+                src: host_src,
+                src_rel: src_rel.to_path_buf(),
+                dst: host_dst,
+                target: target.to_path_buf(),
+                owner: self.owner_of(src, meta),
+                mode: self.mode_of(meta),
+                xattrs: !src.context,
+                atime,
+                mtime,
+            };
+            self.file_jobs += 1;
+            return self.run_file_job(job, defer);
+        }
+        self.clear_target(target)?;
+        if ft.is_symlink() {
             let link = fs::read_link(&host_src).map_err(|source| CopyError::Io {
                 what: format!("read link {}", display_abs(src_rel)),
                 source,
@@ -421,9 +561,9 @@ impl<'a> Writer<'a> {
         self.finish(src, src_rel, meta, target)
     }
 
-    /// Owner, mode, xattrs and times of a copied entry, in the order that
-    /// keeps them: chown clears set-id bits and file capabilities, so it
-    /// comes first.
+    /// Owner, mode, xattrs and times of a copied entry (other than a
+    /// regular file: [`FileJob::run`]), in the order that keeps them: chown
+    /// clears set-id bits and file capabilities, so it comes first.
     fn finish(
         &mut self,
         src: &Source<'_>,
@@ -436,34 +576,17 @@ impl<'a> Writer<'a> {
             what: format!("set metadata of {}", display_abs(target)),
             source,
         };
-        let owner = match (self.chown, src.context) {
-            (Some(owner), _) => owner,
-            (None, true) => Owner::ROOT,
-            (None, false) => Owner {
-                uid: meta.uid(),
-                gid: meta.gid(),
-            },
-        };
+        let owner = self.owner_of(src, meta);
         std::os::unix::fs::lchown(&host, Some(owner.uid), Some(owner.gid)).map_err(io_err)?;
         let is_link = meta.file_type().is_symlink();
         if !is_link {
-            let mut mode = meta.mode() & 0o7777;
-            if let Some(change) = &self.mode {
-                mode = change.apply(mode, meta.is_dir());
-            }
+            let mode = self.mode_of(meta);
             fs::set_permissions(&host, fs::Permissions::from_mode(mode)).map_err(io_err)?;
         }
         if !src.context {
             copy_xattrs(&src.tree.host_path(src_rel), &host);
         }
-        let atime = self.clamp(Stamp {
-            sec: meta.atime(),
-            nsec: meta.atime_nsec(),
-        });
-        let mtime = self.clamp(Stamp {
-            sec: meta.mtime(),
-            nsec: meta.mtime_nsec(),
-        });
+        let (atime, mtime) = self.times_of(meta);
         if meta.is_dir() {
             self.dir_times.push((host, atime, mtime));
             Ok(())
@@ -524,6 +647,8 @@ impl<'a> Writer<'a> {
 
     /// Sets the deferred directory times, innermost first.
     pub(super) fn finish_dirs(&mut self) -> Result<(), CopyError> {
+        // Creating a file changes its directory's times.
+        self.wait_jobs()?;
         // Later entries are deeper or later; applying them in reverse
         // makes sure a parent's time is set after its children's.
         while let Some((host, atime, mtime)) = self.dir_times.pop() {
@@ -533,6 +658,106 @@ impl<'a> Writer<'a> {
             })?;
         }
         Ok(())
+    }
+}
+
+/// The copy of one regular file, with everything it needs owned: a worker
+/// thread runs it while the walk goes on.
+pub(super) struct FileJob {
+    /// Position in walk order: the earliest failure is the copy's error.
+    pub(super) seq: u64,
+    /// Host path of the source file.
+    src: PathBuf,
+    /// The source inside its tree, for messages.
+    src_rel: PathBuf,
+    /// Host path of the target.
+    dst: PathBuf,
+    /// The target inside the destination, for messages.
+    target: PathBuf,
+    owner: Owner,
+    mode: u32,
+    /// Whether extended attributes are copied (not from a build context).
+    xattrs: bool,
+    atime: Stamp,
+    mtime: Stamp,
+}
+
+impl FileJob {
+    pub(super) fn shown_target(&self) -> String {
+        display_abs(&self.target)
+    }
+
+    /// Creates the target (replacing a non-directory there), copies the
+    /// content, then sets owner, mode, xattrs and times through the open
+    /// file, in [`Writer::finish`]'s order: each by path would look the
+    /// target up again through the overlay. Returns the bytes copied.
+    pub(super) fn run(&self) -> Result<u64, CopyError> {
+        let io_err = |what: &str| {
+            let what = format!("{what} {}", display_abs(&self.target));
+            move |source| CopyError::Io { what, source }
+        };
+        // Most targets are new: creating first spares them the lookup of
+        // what is there.
+        let created = match create_file(&self.dst) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                self.replace_existing()?;
+                None
+            }
+            other => Some(other),
+        };
+        let mut input = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&self.src)
+            .map_err(|source| CopyError::Io {
+                what: format!("open source {}", display_abs(&self.src_rel)),
+                source,
+            })?;
+        // A source that cannot be opened is reported before a target that
+        // cannot be created, as it always was.
+        let mut output = match created {
+            Some(result) => result,
+            None => create_file(&self.dst),
+        }
+        .map_err(io_err("create"))?;
+        // std uses copy_file_range where it can: no copy through user
+        // space, and reflinks on filesystems that have them.
+        let n = io::copy(&mut input, &mut output).map_err(io_err("write"))?;
+        let meta_err = |source| CopyError::Io {
+            what: format!("set metadata of {}", display_abs(&self.target)),
+            source,
+        };
+        std::os::unix::fs::fchown(&output, Some(self.owner.uid), Some(self.owner.gid))
+            .map_err(&meta_err)?;
+        output
+            .set_permissions(fs::Permissions::from_mode(self.mode))
+            .map_err(&meta_err)?;
+        if self.xattrs {
+            copy_file_xattrs(&input, &output);
+        }
+        futimens(&output, &self.atime.spec(), &self.mtime.spec())
+            .map_err(|e| meta_err(io::Error::from(e)))?;
+        Ok(n)
+    }
+
+    /// Makes room for the target where something exists: a directory is an
+    /// error, as in BuildKit; anything else is removed, never written
+    /// through.
+    fn replace_existing(&self) -> Result<(), CopyError> {
+        match fs::symlink_metadata(&self.dst) {
+            Ok(meta) if meta.is_dir() => Err(CopyError::ReplaceDirectory {
+                path: display_abs(&self.target),
+            }),
+            Ok(_) => fs::remove_file(&self.dst).map_err(|source| CopyError::Io {
+                what: format!("replace {}", display_abs(&self.target)),
+                source,
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(CopyError::Io {
+                what: format!("stat destination {}", display_abs(&self.target)),
+                source,
+            }),
+        }
     }
 }
 
@@ -574,6 +799,25 @@ fn copy_xattrs(src: &Path, dst: &Path) {
         }
         if let Ok(Some(value)) = xattr::get(src, &name) {
             let _ = xattr::set(dst, &name, &value);
+        }
+    }
+}
+
+/// [`copy_xattrs`] between open files.
+fn copy_file_xattrs(src: &File, dst: &File) {
+    use xattr::FileExt;
+    let Ok(names) = src.list_xattr() else {
+        return;
+    };
+    for name in names {
+        let Some(text) = name.to_str() else {
+            continue;
+        };
+        if OVERLAY_XATTR_PREFIXES.iter().any(|p| text.starts_with(p)) {
+            continue;
+        }
+        if let Ok(Some(value)) = src.get_xattr(&name) {
+            let _ = dst.set_xattr(&name, &value);
         }
     }
 }
