@@ -187,11 +187,14 @@ pub(crate) struct RemoveTrashArgs {
 /// automatic cap moved away, and does not wait for it: deleting a big
 /// snapshot takes a while, which the user should not wait for at the end of
 /// a build (BuildKit's daemon collects garbage in the background; builder
-/// has no daemon). The process has its own session, so that the terminal's
-/// Ctrl-C or hangup meant for a later command does not reach it, no stdio
-/// (a caller reading the build's output sees its end at once) and no other
-/// inherited descriptors (no store lock goes with it). Should it die, the
-/// store removes the directories as stale `tmp/` leftovers an hour later.
+/// has no daemon). The process is in a process group of its own, so the
+/// terminal's Ctrl-C (sent to the foreground group) meant for a later
+/// command does not reach it; it has no stdio (a caller reading the build's
+/// output sees its end at once), and inherits no other descriptor (std opens
+/// every file close-on-exec; the store's locks are such files). Should it
+/// die, the store removes the directories as stale `tmp/` leftovers an hour
+/// later. No `unsafe` here (a `pre_exec` hook for `setsid`, or `nice`,
+/// would need it, and the sandbox module is the only one allowed it).
 fn spawn_reaper(root: &Path, trash: &Trash) -> io::Result<()> {
     let mut c = Command::new("/proc/self/exe");
     c.arg0("builder")
@@ -203,40 +206,14 @@ fn spawn_reaper(root: &Path, trash: &Trash) -> io::Result<()> {
         .env_remove("BUILDER_ROOT")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: between fork and exec, only async-signal-safe system calls.
-    #[allow(unsafe_code)]
-    unsafe {
-        c.pre_exec(|| {
-            nix::unistd::setsid()?;
-            // Descriptors that lack close-on-exec (all of std's have it)
-            // would keep a build's pipes or locks open; best effort, as
-            // kernels before 5.11 lack close_range.
-            nix::libc::syscall(
-                nix::libc::SYS_close_range,
-                3 as nix::libc::c_uint,
-                nix::libc::c_uint::MAX,
-                nix::libc::CLOSE_RANGE_CLOEXEC,
-            );
-            Ok(())
-        });
-    }
+        .stderr(Stdio::null())
+        .process_group(0);
     // Not waited for: it outlives this process, and init reaps it.
     c.spawn().map(drop)
 }
 
-/// `builder __remove-trash`: deletes the directories at the lowest CPU
-/// and I/O priority, as it runs beside the user's next commands.
+/// `builder __remove-trash`: deletes the directories.
 pub(crate) fn remove_trash(root: &Path, args: RemoveTrashArgs) -> anyhow::Result<ExitCode> {
-    // Best effort: nice(2) and ioprio_set(2) with IOPRIO_WHO_PROCESS (1) of
-    // this process (0), class IOPRIO_CLASS_IDLE (3) shifted by
-    // IOPRIO_CLASS_SHIFT (13).
-    #[allow(unsafe_code)]
-    // SAFETY: plain system calls on this process, no memory passed.
-    unsafe {
-        nix::libc::nice(10);
-        nix::libc::syscall(nix::libc::SYS_ioprio_set, 1, 0, 3 << 13);
-    }
     gc::remove_trash(root, &args.dirs)?;
     Ok(ExitCode::SUCCESS)
 }
