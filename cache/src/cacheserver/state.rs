@@ -21,6 +21,11 @@
 //! otherwise be kept under `--max-size` (everything else left being leased or
 //! the young blobs of pushes in progress). Leases are kept in memory only (a
 //! restart drops them), and a manifest deleted through the API goes at once.
+//! The price, in a store too small for its traffic: when every other entry
+//! has been read within the lease, a newly pushed entry (not read yet) is the
+//! first to go, even by the eviction that follows its own PUT. Leasing pushes
+//! too would instead evict a manifest from under a reader whenever a few
+//! pushes land during its read, which is what the lease is for.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::{self, File};
