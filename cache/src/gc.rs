@@ -933,7 +933,8 @@ pub fn prune_locked(
 /// the store (it is quick and crash-safe); deleting a big tree is the slow
 /// part, which [`auto_prune`]'s caller may leave to a background process
 /// (see [`remove_trash`]). Dropped, it deletes them; left alone after a
-/// crash, the store removes them as stale `tmp/` leftovers an hour later.
+/// crash, they are removed as stale `tmp/` leftovers by the first command
+/// that opens the store once they are an hour old.
 #[derive(Debug, Default)]
 pub struct Trash {
     dirs: Vec<PathBuf>,
@@ -988,9 +989,23 @@ impl Drop for Trash {
 /// first. Does not open the store: it may have been deleted meanwhile, and
 /// must not be created again.
 pub fn remove_trash(root: &Path, dirs: &[PathBuf]) -> Result<(), GcError> {
-    let tmp = root.join("tmp");
+    // Compared in canonical form: a `--root` given on the command line may
+    // be relative (`./cache`) or reached through a link.
+    let tmp = match fs::canonicalize(root.join("tmp")) {
+        Ok(tmp) => tmp,
+        // No store any more: nothing of it to delete.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(GcError::Io {
+                op: "delete",
+                path: root.join("tmp"),
+                source,
+            });
+        }
+    };
     for dir in dirs {
-        let is_trash = dir.parent() == Some(tmp.as_path())
+        let parent = dir.parent().and_then(|p| fs::canonicalize(p).ok());
+        let is_trash = parent.as_deref() == Some(tmp.as_path())
             && dir
                 .file_name()
                 .and_then(|n| n.to_str())

@@ -267,8 +267,8 @@ impl Snapshots {
     /// of `snapshots/` (durably) into a fresh `tmp/removing-*` directory,
     /// whose path is returned for [`delete_moved`]. `None` while somebody
     /// holds the snapshot; `Some(None)` if there was none. Left alone, the
-    /// directory is removed as a stale leftover when the store is next
-    /// opened an hour later.
+    /// directory is removed as a stale leftover by the first command that
+    /// opens the store once it is an hour old.
     pub fn try_move_away(
         &self,
         diff_id: &Digest,

@@ -483,9 +483,14 @@ fn auto_prune_moves_trees_away_at_once_and_leaves_their_deletion_to_the_caller()
     }
     assert!(outside.exists() && dirs.iter().all(|d| d.exists()));
 
-    // What another deleter took first counts as deleted.
+    // What another deleter took first counts as deleted; a root given
+    // relative to the working directory (`--root ./cache`) is the same root.
     fs::remove_dir_all(&dirs[0]).unwrap();
-    gc::remove_trash(f.root(), &trash.into_dirs()).unwrap();
+    let cwd = std::env::current_dir().unwrap();
+    let relative_root = std::path::PathBuf::from("../".repeat(cwd.components().count() - 1))
+        .join(f.root().strip_prefix("/").unwrap());
+    assert!(relative_root.is_relative());
+    gc::remove_trash(&relative_root, &trash.into_dirs()).unwrap();
     assert!(removing_dirs(f.root()).is_empty());
     gc::remove_trash(f.root(), &dirs).unwrap();
 

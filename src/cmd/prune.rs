@@ -196,17 +196,27 @@ pub(crate) struct RemoveTrashArgs {
 /// later. No `unsafe` here (a `pre_exec` hook for `setsid`, or `nice`,
 /// would need it, and the sandbox module is the only one allowed it).
 fn spawn_reaper(root: &Path, trash: &Trash) -> io::Result<()> {
+    let root = std::path::absolute(root)?;
     let mut c = Command::new("/proc/self/exe");
     c.arg0("builder")
         .arg("--root")
-        .arg(root)
+        .arg(&root)
         .arg(REAPER_COMMAND)
         .arg("--")
-        .args(trash.dirs())
+        .args(
+            trash
+                .dirs()
+                .iter()
+                .map(|d| std::path::absolute(d))
+                .collect::<io::Result<Vec<_>>>()?,
+        )
         .env_remove("BUILDER_ROOT")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
+        // Not the caller's directory, which it would keep busy (a mount
+        // that could not be unmounted while it runs).
+        .current_dir("/")
         .process_group(0);
     // Not waited for: it outlives this process, and init reaps it.
     c.spawn().map(drop)
