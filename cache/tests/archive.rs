@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use cache::Digest;
 use cache::archive::export::Destination;
@@ -840,6 +841,34 @@ fn a_failed_export_leaves_nothing_at_the_destination() {
             .unwrap_err();
         assert_eq!(std::fs::read(&dest).unwrap(), b"old");
         assert_eq!(std::fs::read_dir(&out_dir).unwrap().count(), 1);
+
+        // A stream cannot be taken back: it gets less than the whole blob,
+        // so no reader of it finds a complete entry under that digest.
+        let streamed = Arc::new(Mutex::new(Vec::new()));
+        let sink = SharedSink(streamed.clone());
+        let err = OciExporter::default()
+            .export(&a, &items, Destination::Writer(Box::new(sink)))
+            .unwrap_err();
+        assert!(matches!(err, ArchiveError::CorruptBlob { .. }), "{err}");
+        let streamed = streamed.lock().unwrap();
+        assert!(
+            !streamed.windows(2000).any(|w| w == &bytes[at..at + 2000]),
+            "the damaged tail of the blob was streamed"
+        );
+    }
+}
+
+/// A writer whose bytes the test can read after handing it over.
+struct SharedSink(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for SharedSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

@@ -7,7 +7,9 @@
 //! `skopeo … docker-archive:` all read it. `type=oci` is the same without
 //! `manifest.json`. Each blob is written once, streamed from the store and
 //! hashed on the way so that a corrupt store never produces a tarball that
-//! claims a digest it does not have (the export fails instead). Files are
+//! claims a digest it does not have (the export fails instead; a stream
+//! such as stdout, which cannot be taken back, is left as a truncated tar,
+//! since a blob's last bytes go out only once its digest matched). Files are
 //! written through [`AtomicFile`]: a killed or failed export leaves nothing at
 //! the destination. They are not fsynced, as `docker save`'s are not: see
 //! [`AtomicFile`] for what an OS crash right after an export may leave.
@@ -538,8 +540,13 @@ fn copy_blob(
     let (got, actual) = if size < PIPELINE_MIN {
         let mut data = Vec::with_capacity(size as usize);
         file.read_to_end(&mut data).map_err(rerr)?;
-        out.write_all(&data).map_err(ArchiveError::Stream)?;
-        (data.len() as u64, Digest::of(&data))
+        let checked = (data.len() as u64, Digest::of(&data));
+        // Checked before a byte goes out: a stream destination (stdout)
+        // cannot take back what it was given.
+        if checked == (size, *digest) {
+            out.write_all(&data).map_err(ArchiveError::Stream)?;
+        }
+        checked
     } else {
         let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(CHUNKS_AHEAD);
         let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
@@ -560,13 +567,20 @@ fn copy_blob(
                 }
                 Ok((hasher.len(), hasher.finish()))
             });
+            // The last buffer is held back until the whole blob is known
+            // to match: a stream destination (stdout), which cannot take
+            // back what it was given, then never gets a complete entry for
+            // a corrupt blob, only a truncated tar.
+            let mut held: Option<(Vec<u8>, usize)> = None;
             let mut written = Ok(());
             for (buf, n) in full_rx.iter() {
-                if let Err(e) = out.write_all(&buf[..n]) {
-                    written = Err(e);
-                    break;
+                if let Some((prev, m)) = held.replace((buf, n)) {
+                    if let Err(e) = out.write_all(&prev[..m]) {
+                        written = Err(e);
+                        break;
+                    }
+                    let _ = free_tx.send(prev);
                 }
-                let _ = free_tx.send(buf);
             }
             // Unblocks a reader waiting to send after a failed write.
             drop(full_rx);
@@ -574,7 +588,13 @@ fn copy_blob(
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             written.map_err(ArchiveError::Stream)?;
-            read.map_err(rerr)
+            let read = read.map_err(rerr)?;
+            if let Some((last, m)) = held
+                && read == (size, *digest)
+            {
+                out.write_all(&last[..m]).map_err(ArchiveError::Stream)?;
+            }
+            Ok::<_, ArchiveError>(read)
         })?
     };
     if got != size {

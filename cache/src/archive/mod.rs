@@ -124,10 +124,11 @@ pub enum ArchiveError {
 /// destination on commit (a kill then leaves that temp file, never a partial
 /// destination).
 ///
-/// Nothing is fsynced, and writeback is left to the kernel. An export is an
-/// output artifact that the user can make again, like the files of `docker
-/// save`, `podman save` and buildx's `-o type=oci|docker|tar,dest=`, none of
-/// which sync theirs; waiting for a 500 MB file to reach the disk would add
+/// Nothing is fsynced, and writeback is left to the kernel. It is used for
+/// a build's outputs (exports, `--iidfile`, `--metadata-file`), which the
+/// user can make again, like the files of `docker save`, `podman save` and
+/// buildx's `-o type=oci|docker|tar,dest=` and `--iidfile`, none of which
+/// sync theirs (the store's own files are written otherwise, with fsync); waiting for a 500 MB file to reach the disk would add
 /// about a second to every export. So a process killed at any point leaves
 /// the destination as it was, but an OS crash or power loss shortly after an
 /// export may leave it missing, or present but incomplete. Writeback is not
