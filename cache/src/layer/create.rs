@@ -261,7 +261,8 @@ impl BlobPipe {
 impl Write for BlobPipe {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         if self.buf.capacity() == 0 {
-            self.unallocated -= 1;
+            // Also after a failed send, which may have left no buffer.
+            self.unallocated = self.unallocated.saturating_sub(1);
             self.buf = Vec::with_capacity(OUT_CHUNK);
         }
         if self.buf.len() == OUT_CHUNK {

@@ -81,7 +81,7 @@ struct Shared {
     state: Mutex<State>,
     /// A job was queued, or the pool is closing.
     queued: Condvar,
-    /// A job was taken or finished: the walk may queue more, or be done
+    /// A job finished (or was skipped): the walk may queue more, or be done
     /// waiting.
     progressed: Condvar,
     cancel: CancelHandle,

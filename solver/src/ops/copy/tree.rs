@@ -6,8 +6,9 @@
 //! directories are real directories there; the entry itself is then created
 //! with calls that never follow a link (`O_CREAT|O_EXCL|O_NOFOLLOW`,
 //! `symlink`, `link`, `lchown`, `utimensat(AT_SYMLINK_NOFOLLOW)`), and an
-//! existing non-directory in its place is removed first, never written
-//! through.
+//! existing non-directory in its place is removed, never written through
+//! (before the entry is made, or, for a regular file, when its exclusive
+//! creation finds it there).
 //!
 //! The walk is sequential and in byte order of names; the copy of each
 //! regular file found by a directory walk is a [`FileJob`] that a few worker
