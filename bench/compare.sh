@@ -76,30 +76,52 @@ BUILDER=$(realpath "$BUILDER")
 
 fs_img=
 fs_mnt=
+fs_dev=
+work=
+# Set before anything is made, so that a failure half-way leaves nothing.
+cleanup() {
+    if [ -n "$work" ]; then
+        # buildah's overlay driver may leave mounts under its root.
+        awk -v w="$work/" 'index($2, w) == 1 { print $2 }' /proc/mounts | sort -r |
+            while read -r m; do umount -l "$m" || true; done
+    fi
+    if [ -n "${KEEP:-}" ]; then
+        echo "kept $work${fs_img:+ (on $fs_img, mounted at $fs_mnt)}" >&2
+        return
+    fi
+    # builder's background deletion of what its cache cap removed may still
+    # run in there.
+    local i
+    for i in $(seq 600); do
+        [ -n "$work" ] && compgen -G "$work/builder-root/tmp/removing-*" >/dev/null || break
+        sleep 0.1
+    done
+    [ -n "$work" ] && rm -rf "$work"
+    if [ -n "$fs_dev" ]; then
+        umount "$fs_mnt" && losetup -d "$fs_dev" ||
+            echo "compare.sh: cannot unmount $fs_mnt ($fs_dev, on $fs_img): remove them by hand" >&2
+    fi
+    if [ -n "$fs_img" ] && ! grep -q " $fs_mnt " /proc/mounts; then
+        rm -f "$fs_img"
+        rmdir "$fs_mnt" 2>/dev/null || true
+    fi
+}
+trap cleanup EXIT
+
 if [ -z "${BENCH_DIR:-}" ]; then
     command -v mkfs.ext4 >/dev/null || die "mkfs.ext4 is missing (apt-get install e2fsprogs), or set BENCH_DIR"
     fs_img=$(mktemp /var/tmp/builder-bench-fs.XXXXXX)
     fs_mnt=$(mktemp -d /var/tmp/builder-bench-mnt.XXXXXX)
     truncate -s "${FS_SIZE:-40G}" "$fs_img"
     mkfs.ext4 -q -F "$fs_img" || die "cannot make a file system in $fs_img"
-    mount -o loop "$fs_img" "$fs_mnt" || die "cannot mount $fs_img (loop devices needed), or set BENCH_DIR"
+    # Direct I/O to the backing file: without it the loop device caches
+    # everything a second time in the host's page cache, and one tool's
+    # fsync flushes whatever the other left dirty in the whole image.
+    fs_dev=$(losetup --direct-io=on -f --show "$fs_img") || die "no loop device (or set BENCH_DIR)"
+    mount "$fs_dev" "$fs_mnt" || die "cannot mount $fs_dev, or set BENCH_DIR"
     BENCH_DIR=$fs_mnt
 fi
 work=$(mktemp -d "$BENCH_DIR/builder-bench.XXXXXX")
-cleanup() {
-    # buildah's overlay driver may leave mounts under its root.
-    awk -v w="$work/" 'index($2, w) == 1 { print $2 }' /proc/mounts | sort -r |
-        while read -r m; do umount -l "$m" || true; done
-    if [ -z "${KEEP:-}" ]; then
-        rm -rf "$work"
-        if [ -n "$fs_mnt" ]; then
-            umount "$fs_mnt" && rm -f "$fs_img" && rmdir "$fs_mnt"
-        fi
-    else
-        echo "kept $work${fs_img:+ (on $fs_img, mounted at $fs_mnt)}" >&2
-    fi
-}
-trap cleanup EXIT
 
 logs=$work/logs
 mkdir -p "$logs"
@@ -120,11 +142,21 @@ if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
 fi
 
 # timed LOGNAME CMD...: runs CMD with its output in logs/LOGNAME.log and
-# prints the wall time in seconds; stops the benchmark if CMD fails.
+# prints the wall time in seconds; stops the benchmark if CMD fails. Dirty
+# data is flushed first (as hyperfine's `--prepare sync`), so that no run
+# pays for the writeback of the one before, often the other tool's.
 timed() {
     local log=$logs/$1.log
     shift
-    local start end
+    local start end i
+    # builder deletes what its automatic cache cap removed in a background
+    # process; let it finish so that it does not run during the next
+    # measurement (often buildah's).
+    for i in $(seq 600); do
+        compgen -G "$broot/tmp/removing-*" >/dev/null || break
+        sleep 0.1
+    done
+    sync
     start=$EPOCHREALTIME
     if ! "$@" >"$log" 2>&1; then
         echo "failed: $*" >&2
