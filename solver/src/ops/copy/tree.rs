@@ -791,13 +791,7 @@ fn copy_xattrs(src: &Path, dst: &Path) {
     let Ok(names) = xattr::list(src) else {
         return;
     };
-    for name in names {
-        let Some(text) = name.to_str() else {
-            continue;
-        };
-        if OVERLAY_XATTR_PREFIXES.iter().any(|p| text.starts_with(p)) {
-            continue;
-        }
+    for name in names.filter(|n| is_copied_xattr(n)) {
         if let Ok(Some(value)) = xattr::get(src, &name) {
             let _ = xattr::set(dst, &name, &value);
         }
@@ -810,15 +804,16 @@ fn copy_file_xattrs(src: &File, dst: &File) {
     let Ok(names) = src.list_xattr() else {
         return;
     };
-    for name in names {
-        let Some(text) = name.to_str() else {
-            continue;
-        };
-        if OVERLAY_XATTR_PREFIXES.iter().any(|p| text.starts_with(p)) {
-            continue;
-        }
+    for name in names.filter(|n| is_copied_xattr(n)) {
         if let Ok(Some(value)) = src.get_xattr(&name) {
             let _ = dst.set_xattr(&name, &value);
         }
     }
+}
+
+/// Whether COPY copies the extended attribute `name`: not overlay's own
+/// (nor a name that is not UTF-8, which no namespace has).
+fn is_copied_xattr(name: &OsStr) -> bool {
+    name.to_str()
+        .is_some_and(|text| !OVERLAY_XATTR_PREFIXES.iter().any(|p| text.starts_with(p)))
 }
