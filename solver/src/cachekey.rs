@@ -21,8 +21,9 @@
 //!   they are read from; inline (heredoc) files by content; a URL with
 //!   `--checksum` by that checksum, one without by what it serves now (it
 //!   is downloaded to compute the key: its sha256 and `Last-Modified`, and
-//!   once more when the step runs). A git source is not cached at all (the
-//!   op does not support it yet);
+//!   once more when the step runs, which fails unless it serves the same
+//!   content then: see [`KeyComputer::take_downloads`]). A git source is
+//!   not cached at all (the op does not support it yet);
 //! - mkdir (WORKDIR): the parent key, path, mode and user.
 //!
 //! Every cached op also keys SOURCE_DATE_EPOCH, which changes the layer
@@ -175,6 +176,9 @@ pub struct KeyComputer<'a> {
     hashers: BTreeMap<String, ContextHasher>,
     store: &'a cache::store::Store,
     cancel: &'a CancelHandle,
+    /// Per vertex whose key was computed from downloads: each URL without
+    /// `--checksum`, in source order, with the sha256 of what it served.
+    downloads: BTreeMap<VertexId, Vec<(String, Digest)>>,
 }
 
 impl<'a> KeyComputer<'a> {
@@ -190,7 +194,23 @@ impl<'a> KeyComputer<'a> {
             hashers: BTreeMap::new(),
             store,
             cancel,
+            downloads: BTreeMap::new(),
         }
+    }
+
+    /// What the keys computed so far were made from downloads, by vertex
+    /// (`len` entries, empty for the others): each URL an ADD without
+    /// `--checksum` downloaded, in source order, with the sha256 of what
+    /// it served. The step must get the same content when it runs, or its
+    /// result would be stored under the key of other content.
+    pub fn take_downloads(&mut self, len: usize) -> Vec<Vec<(String, Digest)>> {
+        let mut downloads = vec![Vec::new(); len];
+        for (id, urls) in std::mem::take(&mut self.downloads) {
+            if let Some(slot) = downloads.get_mut(id) {
+                *slot = urls;
+            }
+        }
+        downloads
     }
 
     /// Persists what the context hasher learnt (its stat cache).
@@ -485,6 +505,7 @@ impl<'a> KeyComputer<'a> {
         b.add_opt("unpack", unpack);
         b.add("keep git dir", &[&[u8::from(op.keep_git_dir)]]);
         let mut paths = Vec::new();
+        let mut downloads = Vec::new();
         for source in &op.sources {
             match source {
                 CopySource::Path { path, pivot } => {
@@ -505,6 +526,7 @@ impl<'a> KeyComputer<'a> {
                         let Ok((digest, modified)) = content_digest(url, self.cancel) else {
                             return Ok(None);
                         };
+                        downloads.push((url.clone(), digest));
                         let modified = modified.map(|m| m.to_string()).unwrap_or_default();
                         b.add(
                             format!("url {url}"),
@@ -545,6 +567,9 @@ impl<'a> KeyComputer<'a> {
             }
         }
         b.add_layer_format(self.req);
+        if !downloads.is_empty() {
+            self.downloads.insert(id, downloads);
+        }
         Ok(Some(b.finish()))
     }
 }

@@ -44,6 +44,9 @@ pub(crate) struct Env<'a> {
     pub graph: &'a BuildGraph,
     pub sources: &'a [Option<Digest>],
     pub keys: &'a [Option<VertexKey>],
+    /// Per vertex, the URLs its key was computed from with the sha256 of
+    /// what they served (see [`crate::cachekey::KeyComputer::take_downloads`]).
+    pub downloads: &'a [Vec<(String, Digest)>],
     /// The note name of each step (its identity across builds).
     pub notes: &'a [Option<String>],
     pub holds: &'a Mutex<Vec<StoreLock>>,
@@ -681,6 +684,7 @@ fn run_vertex(
         vertex_id: id,
         vertex,
         source_digest: env.sources[id],
+        downloads: env.downloads.get(id).map_or(&[], Vec::as_slice),
         holds: env.holds,
     };
     let visible = visible(env.graph, id);

@@ -461,6 +461,7 @@ pub fn build_with(
             }
         })?;
     }
+    let downloads = computer.take_downloads(graph.len());
     let notes = step_notes(graph, req);
 
     let snapshots = Snapshots::new(store);
@@ -478,6 +479,7 @@ pub fn build_with(
         graph,
         sources: &sources,
         keys: &keys,
+        downloads: &downloads,
         notes: &notes,
         holds: &holds,
     };

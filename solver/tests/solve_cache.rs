@@ -691,6 +691,12 @@ fn a_wildcard_at_the_root_of_a_stage_matches() {
 /// Serves `body` (which the test may change) at every path over plain
 /// HTTP on 127.0.0.1; returns the base URL.
 fn serve(body: std::sync::Arc<Mutex<Vec<u8>>>) -> String {
+    serve_with(move || body.lock().unwrap().clone())
+}
+
+/// Serves what `next` gives for each request at every path over plain
+/// HTTP on 127.0.0.1; returns the base URL.
+fn serve_with(next: impl Fn() -> Vec<u8> + Send + 'static) -> String {
     use std::io::{BufRead, BufReader, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -706,7 +712,7 @@ fn serve(body: std::sync::Arc<Mutex<Vec<u8>>>) -> String {
                     Ok(_) => {}
                 }
             }
-            let body = body.lock().unwrap().clone();
+            let body = next();
             let head = format!(
                 "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\
                  Last-Modified: Tue, 14 Nov 2023 22:13:20 GMT\r\nConnection: close\r\n\r\n",
@@ -784,4 +790,69 @@ fn a_context_file_edited_during_the_build_leaves_no_wrong_record() {
         .build(&req, &FakeExecutor::default(), &solver::NoProgress)
         .unwrap();
     assert!(third.stats.executed.is_empty(), "{:?}", third.stats);
+}
+
+#[test]
+fn an_added_url_that_changes_during_the_build_leaves_no_record() {
+    require_root!();
+    let f = Fixture::new();
+    // Each request takes the next body; the last one stays.
+    let bodies = std::sync::Arc::new(Mutex::new(std::collections::VecDeque::from([
+        b"version 1".to_vec(),
+        b"version 2".to_vec(),
+    ])));
+    let queue = bodies.clone();
+    let url = serve_with(move || {
+        let mut queue = queue.lock().unwrap();
+        if queue.len() > 1 {
+            queue.pop_front().unwrap()
+        } else {
+            queue.front().cloned().unwrap()
+        }
+    });
+    let req = f.request(&format!(
+        "FROM scratch\nADD {url}/file.txt /file.txt\nRUN after\n"
+    ));
+    // The key is computed from "version 1", the step downloads "version 2".
+    let exec = FakeExecutor::default();
+    let err = f.build(&req, &exec, &solver::NoProgress).unwrap_err();
+    match &err {
+        BuildError::Copy {
+            source: solver::ops::copy::CopyError::UrlChanged { url: changed },
+            ..
+        } => assert_eq!(changed, &format!("{url}/file.txt")),
+        other => panic!("unexpected error: {other:?}"),
+    }
+    let BuildError::Copy { source, .. } = &err else {
+        unreachable!()
+    };
+    assert_eq!(
+        source.to_string(),
+        format!(
+            "the content of {url}/file.txt changed while the build ran \
+             (its cache key was computed from what it served earlier); build again"
+        )
+    );
+    assert!(exec.runs().is_empty(), "{:?}", exec.runs());
+    // The server is stable now: the step downloads again and succeeds.
+    let exec = FakeExecutor::default();
+    let result = f.build(&req, &exec, &solver::NoProgress).unwrap();
+    assert_eq!(
+        ran(&result),
+        [format!("ADD {url}/file.txt /file.txt"), "RUN after".into()]
+    );
+    assert_eq!(exec.runs(), ["after"]);
+    let cached = f
+        .build(&req, &FakeExecutor::default(), &solver::NoProgress)
+        .unwrap();
+    assert!(cached.stats.executed.is_empty(), "{:?}", cached.stats);
+    // Nothing was stored under the key of "version 1" by the failed build:
+    // serving it again runs the step again.
+    *bodies.lock().unwrap() = [b"version 1".to_vec()].into();
+    let exec = FakeExecutor::default();
+    let result = f.build(&req, &exec, &solver::NoProgress).unwrap();
+    assert_eq!(
+        ran(&result),
+        [format!("ADD {url}/file.txt /file.txt"), "RUN after".into()]
+    );
 }

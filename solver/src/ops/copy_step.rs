@@ -9,7 +9,7 @@
 
 use frontend::graph::CopyOp;
 
-use super::copy::{CopyContext, CopyError, apply_copy};
+use super::copy::{CopyContext, CopyError, apply_copy_keyed};
 use super::{OpContext, Operation, State};
 use crate::rootfs::{View, Workspace};
 use crate::solve::BuildError;
@@ -65,7 +65,7 @@ impl Operation for CopyOp {
                 source_date_epoch: cx.request.source_date_epoch,
                 cancel: cx.cancel,
             };
-            apply_copy(self, &copy).map_err(|source| copy_error(cx, source))?;
+            apply_copy_keyed(self, &copy, cx.downloads).map_err(|source| copy_error(cx, source))?;
         }
         cx.commit(workspace, parent)
     }

@@ -169,6 +169,30 @@ impl Fetcher {
                 })
             })
             .transpose()?;
+        self.download(url, expected, false, cancel)
+    }
+
+    /// Downloads `url`, which must still serve the content whose sha256
+    /// (`keyed`) the step's cache key was computed from: anything else is
+    /// [`CopyError::UrlChanged`].
+    pub(super) fn fetch_keyed(
+        &self,
+        url: &str,
+        keyed: &cache::Digest,
+        cancel: &CancelHandle,
+    ) -> Result<Download, CopyError> {
+        self.download(url, Some(Expected::Sha256(keyed.hex())), true, cancel)
+    }
+
+    /// Downloads `url`, checking `expected` when given; `keyed`: a mismatch
+    /// means the content changed since the key was computed.
+    fn download(
+        &self,
+        url: &str,
+        expected: Option<Expected>,
+        keyed: bool,
+        cancel: &CancelHandle,
+    ) -> Result<Download, CopyError> {
         let download_err = |source: ureq::Error| CopyError::Download {
             url: url.to_owned(),
             source: Box::new(source),
@@ -222,6 +246,11 @@ impl Fetcher {
                 Expected::Sha384(h) => format!("sha384:{h}"),
                 Expected::Sha512(h) => format!("sha512:{h}"),
             };
+            if actual != wanted && keyed {
+                return Err(CopyError::UrlChanged {
+                    url: url.to_owned(),
+                });
+            }
             if actual != wanted {
                 return Err(CopyError::ChecksumMismatch {
                     url: url.to_owned(),

@@ -150,6 +150,10 @@ pub enum CopyError {
         expected: String,
         actual: String,
     },
+    #[error(
+        "the content of {url} changed while the build ran (its cache key was computed from what it served earlier); build again"
+    )]
+    UrlChanged { url: String },
     #[error("checksum requires HTTP(S) or Git sources")]
     ChecksumNeedsUrl,
     #[error("download {url}")]
@@ -245,13 +249,37 @@ fn written_display(written: &[OsString]) -> String {
 
 /// Runs one COPY or ADD. See the module documentation for the rules.
 pub fn apply_copy(op: &CopyOp, cx: &CopyContext<'_>) -> Result<CopyStats, CopyError> {
-    apply_copy_with(op, cx, pool::worker_count())
+    apply_copy_keyed(op, cx, &[])
+}
+
+/// [`apply_copy`] for a step whose cache key was computed from downloads:
+/// `keyed` holds, in source order, each URL without `--checksum` with the
+/// sha256 of what it served then. The URL must serve the same content now
+/// ([`CopyError::UrlChanged`] otherwise), so that a result is never stored
+/// under the key of other content.
+pub fn apply_copy_keyed(
+    op: &CopyOp,
+    cx: &CopyContext<'_>,
+    keyed: &[(String, cache::Digest)],
+) -> Result<CopyStats, CopyError> {
+    copy_with(op, cx, keyed, pool::worker_count())
 }
 
 /// [`apply_copy`] with `workers` threads copying regular files (0: none).
+#[cfg(test)]
 fn apply_copy_with(
     op: &CopyOp,
     cx: &CopyContext<'_>,
+    workers: usize,
+) -> Result<CopyStats, CopyError> {
+    copy_with(op, cx, &[], workers)
+}
+
+/// [`apply_copy_keyed`] with `workers` threads copying regular files.
+fn copy_with(
+    op: &CopyOp,
+    cx: &CopyContext<'_>,
+    keyed: &[(String, cache::Digest)],
     workers: usize,
 ) -> Result<CopyStats, CopyError> {
     let mode = op
@@ -305,6 +333,7 @@ fn apply_copy_with(
     let mut items = Vec::new();
     let mut unmatched = Vec::new();
     let mut fetcher = None;
+    let mut urls = 0;
     for src in &op.sources {
         writer.check_cancel()?;
         match src {
@@ -333,7 +362,16 @@ fn apply_copy_with(
                     fetcher = Some(fetch::Fetcher::new(tls)?);
                 }
                 let fetcher = fetcher.as_ref().expect("just set");
-                let download = fetcher.fetch(url, op.checksum.as_deref(), cx.cancel)?;
+                // The digest the key was computed from (never with a
+                // `--checksum`, which keys the step by itself).
+                let keyed = keyed
+                    .get(urls)
+                    .filter(|(keyed_url, _)| keyed_url == url && op.checksum.is_none());
+                urls += 1;
+                let download = match keyed {
+                    Some((_, digest)) => fetcher.fetch_keyed(url, digest, cx.cancel)?,
+                    None => fetcher.fetch(url, op.checksum.as_deref(), cx.cancel)?,
+                };
                 items.push(Item::Download {
                     url,
                     name: filename,
