@@ -28,6 +28,9 @@ const SIGKILL: i32 = 9;
 
 /// Sequential and parallel RUN steps, small and large COPYs (the 8 MiB file
 /// makes layer writing take a while), so that kills land in every phase.
+/// The last step sleeps too: a kill drawn after the last but one step must
+/// still find the build running most of the time (the end of a build, its
+/// export and upkeep, takes only milliseconds).
 fn dockerfile(marker: &str) -> String {
     format!(
         "\
@@ -48,7 +51,7 @@ RUN sleep 0.2 && echo right2 > /right2
 FROM busybox
 COPY --from=left /left /small /
 COPY --from=right /right /right2 /
-RUN cat /left /right > /both
+RUN sleep 0.4 && cat /left /right > /both
 "
     )
 }
