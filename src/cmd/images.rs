@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use cache::gc::human_size;
 use cache::images::{ImageStore, ImageSummary, parse_rfc3339};
 use cache::store::Store;
 use clap::Args;
@@ -90,29 +91,6 @@ fn render_table(rows: &[[String; 5]]) -> String {
         out.push('\n');
     }
     out
-}
-
-/// Decimal sizes with three significant digits, as docker prints them (`1.08MB`).
-pub(crate) fn human_size(size: u64) -> String {
-    const UNITS: [&str; 7] = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
-    let mut value = size as f64;
-    let mut unit = 0;
-    while value >= 1000.0 && unit + 1 < UNITS.len() {
-        value /= 1000.0;
-        unit += 1;
-    }
-    let digits = if value >= 100.0 {
-        0
-    } else if value >= 10.0 {
-        1
-    } else {
-        2
-    };
-    let mut text = format!("{value:.digits$}");
-    if text.contains('.') {
-        text = text.trim_end_matches('0').trim_end_matches('.').to_string();
-    }
-    format!("{text}{}", UNITS[unit])
 }
 
 /// docker's (go-units) wording for how long ago something happened.

@@ -207,7 +207,7 @@ fn spawn_reaper(root: &Path, trash: &Trash) -> io::Result<()> {
             trash
                 .dirs()
                 .iter()
-                .map(|d| std::path::absolute(d))
+                .map(std::path::absolute)
                 .collect::<io::Result<Vec<_>>>()?,
         )
         .env_remove("BUILDER_ROOT")
