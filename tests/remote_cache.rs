@@ -15,11 +15,9 @@ mod common;
 mod registry_support;
 
 use std::fs;
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 
-use common::{BIN, Events, TestRoot, sandbox_available};
+use common::cache_server::Server;
+use common::{Events, TestRoot, sandbox_available};
 use registry_support::{Registry, registry_available};
 use serde_json::json;
 
@@ -222,46 +220,6 @@ fn two_machines(to: &[&str], from: &[&str], envs: &[(&str, &str)], remote_name: 
     a.t.check_store();
     b.t.check_store();
     c.t.check_store();
-}
-
-/// A running `builder cache-server`, killed when dropped.
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Server {
-    fn start(store: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(BIN)
-            .args(["cache-server", "--listen", "127.0.0.1:0", "--store"])
-            .arg(store)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let addr = loop {
-            match lines.next() {
-                Some(Ok(line)) => {
-                    if let Some(addr) = line.strip_prefix("listening on ") {
-                        break addr.to_string();
-                    }
-                }
-                _ => panic!("cache-server exited before listening"),
-            }
-        };
-        std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
-        Server { child, addr }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]

@@ -7,6 +7,8 @@
 //! (which provides all of them) it fails instead.
 #![allow(dead_code)]
 
+pub(crate) mod cache_server;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
