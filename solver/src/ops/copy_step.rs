@@ -9,7 +9,7 @@
 
 use frontend::graph::CopyOp;
 
-use super::copy::{CopyContext, CopyError, apply_copy_keyed};
+use super::copy::{CopyContext, CopyError, apply_copy};
 use super::{OpContext, Operation, State};
 use crate::rootfs::{View, Workspace};
 use crate::solve::BuildError;
@@ -64,8 +64,9 @@ impl Operation for CopyOp {
                 cwd: "/",
                 source_date_epoch: cx.request.source_date_epoch,
                 cancel: cx.cancel,
+                downloads: cx.downloads,
             };
-            apply_copy_keyed(self, &copy, cx.downloads).map_err(|source| copy_error(cx, source))?;
+            apply_copy(self, &copy).map_err(|source| copy_error(cx, source))?;
         }
         cx.commit(workspace, parent)
     }

@@ -100,6 +100,7 @@ impl<'a> Env<'a> {
             cwd: "/",
             source_date_epoch: self.epoch,
             cancel: &self.cancel,
+            downloads: &[],
         };
         apply_copy(op, &cx)
     }

@@ -93,6 +93,12 @@ pub struct CopyContext<'a> {
     pub source_date_epoch: Option<i64>,
     /// Aborts long copies and downloads.
     pub cancel: &'a crate::sandbox::CancelHandle,
+    /// When the step's cache key was computed from downloads: in source
+    /// order, each URL without `--checksum` with the sha256 of what it
+    /// served then. The URL must serve the same content now
+    /// ([`CopyError::UrlChanged`] otherwise), so that a result is never
+    /// stored under the key of other content. Empty otherwise.
+    pub downloads: &'a [(String, cache::Digest)],
 }
 
 /// What a copy wrote.
@@ -249,37 +255,13 @@ fn written_display(written: &[OsString]) -> String {
 
 /// Runs one COPY or ADD. See the module documentation for the rules.
 pub fn apply_copy(op: &CopyOp, cx: &CopyContext<'_>) -> Result<CopyStats, CopyError> {
-    apply_copy_keyed(op, cx, &[])
-}
-
-/// [`apply_copy`] for a step whose cache key was computed from downloads:
-/// `keyed` holds, in source order, each URL without `--checksum` with the
-/// sha256 of what it served then. The URL must serve the same content now
-/// ([`CopyError::UrlChanged`] otherwise), so that a result is never stored
-/// under the key of other content.
-pub fn apply_copy_keyed(
-    op: &CopyOp,
-    cx: &CopyContext<'_>,
-    keyed: &[(String, cache::Digest)],
-) -> Result<CopyStats, CopyError> {
-    copy_with(op, cx, keyed, pool::worker_count())
+    apply_copy_with(op, cx, pool::worker_count())
 }
 
 /// [`apply_copy`] with `workers` threads copying regular files (0: none).
-#[cfg(test)]
 fn apply_copy_with(
     op: &CopyOp,
     cx: &CopyContext<'_>,
-    workers: usize,
-) -> Result<CopyStats, CopyError> {
-    copy_with(op, cx, &[], workers)
-}
-
-/// [`apply_copy_keyed`] with `workers` threads copying regular files.
-fn copy_with(
-    op: &CopyOp,
-    cx: &CopyContext<'_>,
-    keyed: &[(String, cache::Digest)],
     workers: usize,
 ) -> Result<CopyStats, CopyError> {
     let mode = op
@@ -364,7 +346,8 @@ fn copy_with(
                 let fetcher = fetcher.as_ref().expect("just set");
                 // The digest the key was computed from (never with a
                 // `--checksum`, which keys the step by itself).
-                let keyed = keyed
+                let keyed = cx
+                    .downloads
                     .get(urls)
                     .filter(|(keyed_url, _)| keyed_url == url && op.checksum.is_none());
                 urls += 1;

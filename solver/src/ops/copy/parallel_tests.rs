@@ -55,6 +55,7 @@ fn run(
         cwd: "/",
         source_date_epoch: None,
         cancel: &cancel,
+        downloads: &[],
     };
     apply_copy_with(op, &cx, workers)
 }
