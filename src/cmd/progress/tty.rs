@@ -41,7 +41,18 @@ enum ScreenKind {
     Stderr(Term),
     /// Made by tests only.
     #[cfg_attr(not(test), allow(dead_code))]
-    Memory(Mutex<Emulator>),
+    Memory(Mutex<Frames>),
+}
+
+/// A terminal in memory that, like the buffered stderr, shows what was
+/// written only when it is flushed: a test reading the screen while a
+/// redraw is half done sees the frame before it, as a person would.
+#[derive(Debug)]
+struct Frames {
+    /// Written to by the display.
+    drawing: Emulator,
+    /// What the last flush showed.
+    shown: Emulator,
 }
 
 impl Screen {
@@ -56,10 +67,14 @@ impl Screen {
     /// A terminal in memory, `width` columns wide, for tests.
     #[cfg(test)]
     pub(crate) fn memory(width: u16) -> Screen {
+        let blank = Emulator {
+            width,
+            ..Emulator::default()
+        };
         Screen {
-            inner: Arc::new(ScreenKind::Memory(Mutex::new(Emulator {
-                width,
-                ..Emulator::default()
+            inner: Arc::new(ScreenKind::Memory(Mutex::new(Frames {
+                drawing: blank.clone(),
+                shown: blank,
             }))),
         }
     }
@@ -69,9 +84,9 @@ impl Screen {
     #[cfg(test)]
     pub(crate) fn contents(&self) -> (Vec<String>, Vec<String>) {
         match &*self.inner {
-            ScreenKind::Memory(e) => {
-                let e = e.lock().unwrap();
-                (e.screen(), e.too_wide.clone())
+            ScreenKind::Memory(f) => {
+                let f = f.lock().unwrap();
+                (f.shown.screen(), f.shown.too_wide.clone())
             }
             ScreenKind::Stderr(_) => (Vec::new(), Vec::new()),
         }
@@ -83,7 +98,9 @@ impl Screen {
 
     fn emulate<T>(&self, f: impl FnOnce(&mut Emulator) -> T) -> Option<T> {
         match &*self.inner {
-            ScreenKind::Memory(e) => Some(f(&mut e.lock().unwrap_or_else(|p| p.into_inner()))),
+            ScreenKind::Memory(m) => {
+                Some(f(&mut m.lock().unwrap_or_else(|p| p.into_inner()).drawing))
+            }
             ScreenKind::Stderr(_) => None,
         }
     }
@@ -97,7 +114,7 @@ impl TermLike for Screen {
                 Some((_, w)) if w > 0 => w,
                 _ => 80,
             },
-            ScreenKind::Memory(e) => e.lock().unwrap_or_else(|p| p.into_inner()).width,
+            ScreenKind::Memory(f) => f.lock().unwrap_or_else(|p| p.into_inner()).drawing.width,
         }
     }
 
@@ -197,7 +214,11 @@ impl TermLike for Screen {
     fn flush(&self) -> io::Result<()> {
         match &*self.inner {
             ScreenKind::Stderr(t) => t.flush(),
-            ScreenKind::Memory(_) => Ok(()),
+            ScreenKind::Memory(f) => {
+                let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
+                f.shown = f.drawing.clone();
+                Ok(())
+            }
         }
     }
 }
@@ -205,7 +226,7 @@ impl TermLike for Screen {
 /// Just enough of a terminal for indicatif's drawing: lines of text, a
 /// cursor, carriage returns, and wrapping at the right margin (deferred, as
 /// in xterm: the cursor waits there until the next character).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Emulator {
     width: u16,
     lines: Vec<String>,
