@@ -351,6 +351,51 @@ fn add_git_repository() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("digest mismatch"), "{}", stderr(&o));
 
+    // Cached by the commit the reference names: a rebuild (or the same
+    // ADD in another Dockerfile) clones nothing, a new commit on the
+    // branch runs the step again, and says why.
+    let ctx = t.context(&[(
+        "Dockerfile",
+        &format!("FROM base\nADD {url}#feature /dst\nADD {url}#main /m\n"),
+    )]);
+    let events = t.build_json_ok(&ctx, &[]);
+    assert_eq!(
+        (events.cached(), events.ran()),
+        (
+            vec![format!("ADD {url}#feature /dst")],
+            vec![format!("ADD {url}#main /m")]
+        ),
+        "the first ADD is the first build's\n{events:#?}"
+    );
+    let events = t.build_json_ok(&ctx, &[]);
+    assert!(events.ran().is_empty(), "{events:#?}");
+    assert_eq!(events.cached().len(), 2, "{events:#?}");
+    let dir = Path::new(url.trim_start_matches("file://"));
+    git(dir, &["checkout", "-q", "feature"]);
+    fs::write(dir.join("main.txt"), "changed on feature\n").unwrap();
+    git(dir, &["commit", "-q", "-am", "change"]);
+    git(dir, &["checkout", "-q", "main"]);
+    let events = t.build_json_ok(&ctx, &[]);
+    assert_eq!(
+        events.ran(),
+        vec![
+            format!("ADD {url}#feature /dst"),
+            format!("ADD {url}#main /m")
+        ],
+        "the second ADD runs as its parent changed\n{events:#?}"
+    );
+    let reasons: Vec<&str> = events
+        .of("cache-miss")
+        .filter_map(|e| e["reason"].as_str())
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![format!("ADD {url}#feature /dst: git {url}#feature changed")],
+        "{events:#?}"
+    );
+    let out = build_to(&t, ctx.to_str().unwrap(), &[], None);
+    assert_eq!(read(&out, "dst/main.txt"), "changed on feature\n");
+
     // A repository that cannot be cloned fails the step, naming it.
     let bad = "file:///nonexistent/nowhere.git";
     let ctx = t.context(&[("Dockerfile", &format!("FROM base\nADD {bad} /x\n"))]);

@@ -16,7 +16,7 @@
 //! miss. Notes are advisory; losing one only loses an explanation.
 
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::time::SystemTime;
 
@@ -182,6 +182,21 @@ impl KeyIndex {
             return None;
         }
         fs::read(self.dir.join("notes").join(name)).ok()
+    }
+
+    /// Whether the note `name` exists and begins with `prefix` (read no
+    /// further: a note can be large).
+    pub fn note_starts_with(&self, name: &str, prefix: &[u8]) -> bool {
+        if !valid_note_name(name) {
+            return false;
+        }
+        let Ok(file) = fs::File::open(self.dir.join("notes").join(name)) else {
+            return false;
+        };
+        let mut head = Vec::with_capacity(prefix.len());
+        file.take(prefix.len() as u64)
+            .read_to_end(&mut head)
+            .is_ok_and(|_| head == prefix)
     }
 
     /// Writes the note `name` atomically.

@@ -22,8 +22,10 @@
 //!   `--checksum` by that checksum, one without by what it serves now (it
 //!   is downloaded to compute the key: its sha256 and `Last-Modified`, and
 //!   once more when the step runs, which fails unless it serves the same
-//!   content then: see [`KeyComputer::take_downloads`]). A git source is
-//!   not cached at all (the op does not support it yet);
+//!   content then: see [`KeyComputer::take_downloads`]); a git source by
+//!   the commit its reference names (asked with `git ls-remote`, checked
+//!   out again when the step runs, which fails unless the reference still
+//!   names it) or by its `--checksum`;
 //! - mkdir (WORKDIR): the parent key, path, mode and user.
 //!
 //! Every cached op also keys SOURCE_DATE_EPOCH, which changes the layer
@@ -41,7 +43,9 @@ use frontend::graph::{
 use sha2::{Digest as _, Sha256};
 
 use crate::context_hash::{ContextHashError, ContextHasher, ContextSum, Selection};
+use crate::ops::copy::Pinned;
 use crate::ops::copy::fetch::content_digest;
+use crate::ops::copy::remote::resolve_commit;
 use crate::sandbox::CancelHandle;
 use crate::solve::BuildRequest;
 
@@ -176,9 +180,10 @@ pub struct KeyComputer<'a> {
     hashers: BTreeMap<String, ContextHasher>,
     store: &'a cache::store::Store,
     cancel: &'a CancelHandle,
-    /// Per vertex whose key was computed from downloads: each URL without
-    /// `--checksum`, in source order, with the sha256 of what it served.
-    downloads: BTreeMap<VertexId, Vec<(String, Digest)>>,
+    /// Per vertex whose key was computed from remote sources: each URL
+    /// without `--checksum`, in source order, with the sha256 of what it
+    /// served or the commit a git source named.
+    downloads: BTreeMap<VertexId, Vec<(String, Pinned)>>,
 }
 
 impl<'a> KeyComputer<'a> {
@@ -201,9 +206,10 @@ impl<'a> KeyComputer<'a> {
     /// What the keys computed so far were made from downloads, by vertex
     /// (`len` entries, empty for the others): each URL an ADD without
     /// `--checksum` downloaded, in source order, with the sha256 of what
-    /// it served. The step must get the same content when it runs, or its
-    /// result would be stored under the key of other content.
-    pub fn take_downloads(&mut self, len: usize) -> Vec<Vec<(String, Digest)>> {
+    /// it served, or the commit a git source's reference named. The step
+    /// must find the same when it runs, or its result would be stored
+    /// under the key of other content.
+    pub fn take_downloads(&mut self, len: usize) -> Vec<Vec<(String, Pinned)>> {
         let mut downloads = vec![Vec::new(); len];
         for (id, urls) in std::mem::take(&mut self.downloads) {
             if let Some(slot) = downloads.get_mut(id) {
@@ -526,7 +532,7 @@ impl<'a> KeyComputer<'a> {
                         let Ok((digest, modified)) = content_digest(url, self.cancel) else {
                             return Ok(None);
                         };
-                        downloads.push((url.clone(), digest));
+                        downloads.push((url.clone(), Pinned::Content(digest)));
                         let modified = modified.map(|m| m.to_string()).unwrap_or_default();
                         b.add(
                             format!("url {url}"),
@@ -539,8 +545,22 @@ impl<'a> KeyComputer<'a> {
                         );
                     }
                 },
-                // Git sources are not supported by the op yet; never cached.
-                CopySource::Git { .. } => return Ok(None),
+                CopySource::Git { url } => match &op.checksum {
+                    // The checkout is checked against it when the step runs.
+                    Some(checksum) => b.add(
+                        format!("git {url}"),
+                        &[url.as_bytes(), checksum.to_ascii_lowercase().as_bytes()],
+                    ),
+                    None => {
+                        // A repository that cannot be asked leaves the step
+                        // uncached: it runs and reports what git says.
+                        let Ok(Some(commit)) = resolve_commit(url, self.cancel) else {
+                            return Ok(None);
+                        };
+                        b.add(format!("git {url}"), &[url.as_bytes(), commit.as_bytes()]);
+                        downloads.push((url.clone(), Pinned::Commit(commit)));
+                    }
+                },
                 CopySource::Inline { name, content } => {
                     b.add(
                         format!("file {name}"),

@@ -46,7 +46,7 @@ pub(crate) struct Env<'a> {
     pub keys: &'a [Option<VertexKey>],
     /// Per vertex, the URLs its key was computed from with the sha256 of
     /// what they served (see [`crate::cachekey::KeyComputer::take_downloads`]).
-    pub downloads: &'a [Vec<(String, Digest)>],
+    pub downloads: &'a [Vec<(String, crate::ops::copy::Pinned)>],
     /// The note name of each step (its identity across builds).
     pub notes: &'a [Option<String>],
     pub holds: &'a Mutex<Vec<StoreLock>>,
@@ -592,6 +592,9 @@ fn report_cached_below_hits(env: &Env<'_>, plan: &[Plan], target: VertexId) {
         let vertex = graph.vertex(id);
         if seen[id] && matches!(p, Plan::Skip) && !matches!(vertex.op, Op::Scratch | Op::Context(_))
         {
+            if let Some(key) = env.keys[id].as_ref().filter(|_| is_cached_op(&vertex.op)) {
+                remember(env, id, key);
+            }
             env.progress.event(&ProgressEvent::StepCached {
                 vertex: id,
                 description: vertex.description.clone(),
@@ -648,6 +651,9 @@ fn materialize(env: &Env<'_>, id: VertexId, record: &CacheRecord) -> Result<Stat
             },
             snapshot,
         });
+    }
+    if let Some(key) = &env.keys[id] {
+        remember(env, id, key);
     }
     env.progress.event(&ProgressEvent::StepCached {
         vertex: id,
@@ -733,10 +739,7 @@ fn run_vertex(
             &key.digest,
             &CacheRecord::new(layers, vertex.description.clone()),
         )?;
-        if let Some(note) = &env.notes[id] {
-            // Notes only explain; a lost one costs an explanation.
-            let _ = env.index.put_note(note, &Note::of(key).to_bytes());
-        }
+        remember(env, id, key);
     }
     if visible {
         env.progress.event(&ProgressEvent::StepDone {
@@ -747,12 +750,28 @@ fn run_vertex(
     Ok(state)
 }
 
-/// What a step's key was made of the last time it ran (component names
-/// with value digests, and per-file checksums of its context sources).
-/// Holds digests only, never values.
+/// Records what `id`'s key was made of under its step's note, whether the
+/// step ran or came from the cache (from another Dockerfile's step, or
+/// another machine's), so that its next miss can be explained. A note
+/// that already describes this key is left alone (one small read on the
+/// cached path). Notes only explain: a lost one costs an explanation.
+fn remember(env: &Env<'_>, id: VertexId, key: &VertexKey) {
+    let Some(note) = &env.notes[id] else { return };
+    if !env.index.note_starts_with(note, &Note::head(key)) {
+        let _ = env.index.put_note(note, &Note::of(key).to_bytes());
+    }
+}
+
+/// What a step's key was made of the last time it ran or was found in
+/// the cache (component names with value digests, and per-file checksums
+/// of its context sources). Holds digests only, never values.
 #[derive(Debug, Serialize, Deserialize)]
 struct Note {
     version: u32,
+    /// The key's digest, first so that [`remember`] can compare it without
+    /// reading the rest (the same key means the same components).
+    #[serde(default)]
+    key: String,
     /// The key scheme the components come from; another one compares
     /// nothing.
     #[serde(default)]
@@ -768,6 +787,7 @@ impl Note {
     fn of(key: &VertexKey) -> Note {
         Note {
             version: NOTE_VERSION,
+            key: key.digest.hex(),
             key_version: KEY_VERSION.to_owned(),
             components: key
                 .components
@@ -789,6 +809,15 @@ impl Note {
 
     fn to_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a note serializes")
+    }
+
+    /// How the bytes of `key`'s note begin: the version and the key.
+    fn head(key: &VertexKey) -> Vec<u8> {
+        format!(
+            r#"{{"version":{NOTE_VERSION},"key":"{}","#,
+            key.digest.hex()
+        )
+        .into_bytes()
     }
 }
 
@@ -911,6 +940,26 @@ mod tests {
             .iter()
             .map(|(p, c)| ((*p).to_owned(), Digest::of(c.as_bytes()).hex()))
             .collect()
+    }
+
+    #[test]
+    fn a_note_begins_with_its_head() {
+        let key = VertexKey {
+            digest: Digest::of(b"key"),
+            components: vec![],
+            files: BTreeMap::from([("context".to_owned(), now(&[("a", "1")]))]),
+        };
+        let bytes = Note::of(&key).to_bytes();
+        assert!(
+            bytes.starts_with(&Note::head(&key)),
+            "{}",
+            String::from_utf8_lossy(&bytes)
+        );
+        let other = VertexKey {
+            digest: Digest::of(b"other"),
+            ..key
+        };
+        assert!(!bytes.starts_with(&Note::head(&other)));
     }
 
     #[test]

@@ -126,6 +126,7 @@ pub(crate) fn prepare(
                 &tmp.join("checkout"),
                 keep_git_dir(build_args),
                 None,
+                None,
                 cancel,
             )
             .with_context(|| format!("unable to prepare the git context {spec}"))?;

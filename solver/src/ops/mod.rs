@@ -48,10 +48,10 @@ pub struct OpContext<'a> {
     pub vertex: &'a Vertex,
     /// For a source op: the manifest digest it was resolved to.
     pub source_digest: Option<Digest>,
-    /// For an ADD of URLs without `--checksum` whose key was computed: each
-    /// URL, in source order, with the sha256 of what it served then. The
-    /// step must download the same content.
-    pub downloads: &'a [(String, Digest)],
+    /// For an ADD of remote sources whose key was computed from what they
+    /// were then (see [`copy::CopyContext::downloads`]). The step must find
+    /// the same.
+    pub downloads: &'a [(String, copy::Pinned)],
     /// Snapshots this build uses, held against removal until it ends.
     pub holds: &'a Mutex<Vec<StoreLock>>,
 }

@@ -93,12 +93,23 @@ pub struct CopyContext<'a> {
     pub source_date_epoch: Option<i64>,
     /// Aborts long copies and downloads.
     pub cancel: &'a crate::sandbox::CancelHandle,
-    /// When the step's cache key was computed from downloads: in source
-    /// order, each URL without `--checksum` with the sha256 of what it
-    /// served then. The URL must serve the same content now
-    /// ([`CopyError::UrlChanged`] otherwise), so that a result is never
-    /// stored under the key of other content. Empty otherwise.
-    pub downloads: &'a [(String, cache::Digest)],
+    /// When the step's cache key was computed from what remote sources
+    /// were then: in source order, each URL (without `--checksum`) with
+    /// what it served or, for a git source, the commit its reference
+    /// named. The step must find the same now ([`CopyError::UrlChanged`]
+    /// otherwise), so that a result is never stored under the key of other
+    /// content. Empty otherwise.
+    pub downloads: &'a [(String, Pinned)],
+}
+
+/// What a remote source of an ADD was when the step's cache key was
+/// computed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pinned {
+    /// A URL's content, by its sha256.
+    Content(cache::Digest),
+    /// The commit a git source's reference (or its HEAD) named.
+    Commit(String),
 }
 
 /// What a copy wrote.
@@ -346,13 +357,17 @@ fn apply_copy_with(
                 let fetcher = fetcher.as_ref().expect("just set");
                 // The digest the key was computed from (never with a
                 // `--checksum`, which keys the step by itself).
-                let keyed = cx
-                    .downloads
-                    .get(urls)
-                    .filter(|(keyed_url, _)| keyed_url == url && op.checksum.is_none());
+                let keyed = match cx.downloads.get(urls) {
+                    Some((keyed_url, Pinned::Content(digest)))
+                        if keyed_url == url && op.checksum.is_none() =>
+                    {
+                        Some(digest)
+                    }
+                    _ => None,
+                };
                 urls += 1;
                 let download = match keyed {
-                    Some((_, digest)) => fetcher.fetch_keyed(url, digest, cx.cancel)?,
+                    Some(digest) => fetcher.fetch_keyed(url, digest, cx.cancel)?,
                     None => fetcher.fetch(url, op.checksum.as_deref(), cx.cancel)?,
                 };
                 items.push(Item::Download {
@@ -404,11 +419,19 @@ fn add_git(op: &CopyOp, url: &str, cx: &CopyContext<'_>) -> Result<CopyStats, Co
             source,
         })?;
     let checkout = tmp.path().join("checkout");
+    let keyed = cx
+        .downloads
+        .iter()
+        .find_map(|(keyed_url, pinned)| match pinned {
+            Pinned::Commit(commit) if keyed_url == url => Some(commit.as_str()),
+            _ => None,
+        });
     let root = remote::git_checkout(
         url,
         &checkout,
         op.keep_git_dir,
         op.checksum.as_deref(),
+        keyed,
         cx.cancel,
     )?;
     if cx.cancel.is_cancelled() {

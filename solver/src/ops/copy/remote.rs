@@ -71,13 +71,14 @@ fn git_failed(url: &str, what: &str, status: std::process::ExitStatus, stderr: &
     }
 }
 
-/// Runs git, killing it when `cancel` fires.
+/// Runs git, killing it when `cancel` fires; returns what it printed on
+/// standard output.
 fn run_git(
     url: &str,
     what: &str,
     cmd: &mut Command,
     cancel: &CancelHandle,
-) -> Result<(), CopyError> {
+) -> Result<Vec<u8>, CopyError> {
     let cannot_run = |e: io::Error| CopyError::Git {
         url: url.to_owned(),
         reason: format!("cannot run git: {e}"),
@@ -85,22 +86,26 @@ fn run_git(
     let mut child = cmd
         .env("GIT_TERMINAL_PROMPT", "0")
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(cannot_run)?;
-    // Read stderr aside so that a chatty git cannot block on a full pipe.
-    let mut pipe = child.stderr.take().expect("stderr is piped");
-    let reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = pipe.read_to_end(&mut buf);
-        buf
-    });
+    // Read both pipes aside so that a chatty git cannot block on a full one.
+    let read_aside = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = pipe.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let stdout = read_aside(Box::new(child.stdout.take().expect("stdout is piped")));
+    let stderr = read_aside(Box::new(child.stderr.take().expect("stderr is piped")));
     let status = loop {
         if cancel.is_cancelled() {
             let _ = child.kill();
             let _ = child.wait();
-            let _ = reader.join();
+            let _ = stdout.join();
+            let _ = stderr.join();
             return Err(CopyError::Cancelled);
         }
         match child.try_wait().map_err(cannot_run)? {
@@ -108,22 +113,75 @@ fn run_git(
             None => std::thread::sleep(Duration::from_millis(20)),
         }
     };
-    let stderr = reader.join().unwrap_or_default();
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
     if !status.success() {
         return Err(git_failed(url, what, status, &stderr));
     }
-    Ok(())
+    Ok(stdout)
+}
+
+/// The commit the git source `spec` names now, asked of the repository
+/// with `git ls-remote` (no clone), for the cache key of an ADD: as `git
+/// clone --branch` picks it, a branch before a tag (an annotated tag's
+/// commit, not the tag object), or the remote HEAD without a reference. A
+/// full commit sha is its own answer; an abbreviated one cannot be asked
+/// for and gives None, as does a reference the repository does not have
+/// (the step then runs and reports what git says).
+pub fn resolve_commit(spec: &str, cancel: &CancelHandle) -> Result<Option<String>, CopyError> {
+    let src = GitSource::parse(spec);
+    let url = src.url.as_str();
+    let wanted: Vec<String> = match src.reference.as_deref() {
+        Some(r) if looks_like_commit(r) => {
+            return Ok((r.len() == 40 || r.len() == 64).then(|| r.to_ascii_lowercase()));
+        }
+        Some(r) if r.starts_with("refs/") => vec![format!("{r}^{{}}"), r.to_owned()],
+        Some(r) => vec![
+            format!("refs/heads/{r}"),
+            format!("refs/tags/{r}^{{}}"),
+            format!("refs/tags/{r}"),
+        ],
+        None => vec!["HEAD".to_owned()],
+    };
+    let mut ls = Command::new("git");
+    ls.args(["ls-remote", "--"]).arg(url);
+    // An annotated tag's commit is listed (as `TAG^{}`) only when asked for.
+    let pattern = src.reference.as_deref().unwrap_or("HEAD");
+    ls.arg(pattern).arg(format!("{pattern}^{{}}"));
+    let out = run_git(url, "git ls-remote", &mut ls, cancel)?;
+    let out = String::from_utf8_lossy(&out);
+    let refs: Vec<(&str, &str)> = out
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .filter(|(sha, _)| looks_like_commit(sha))
+        .collect();
+    Ok(wanted.iter().find_map(|w| {
+        refs.iter()
+            .find(|(_, name)| name == w)
+            .map(|(sha, _)| sha.to_ascii_lowercase())
+    }))
+}
+
+/// The commit checked out in `dir`.
+fn head_commit(url: &str, dir: &Path, cancel: &CancelHandle) -> Result<String, CopyError> {
+    let mut rev_parse = Command::new("git");
+    rev_parse.arg("-C").arg(dir).args(["rev-parse", "HEAD"]);
+    let out = run_git(url, "git rev-parse HEAD", &mut rev_parse, cancel)?;
+    Ok(String::from_utf8_lossy(&out).trim().to_owned())
 }
 
 /// Clones the git source `spec` into `dest` (which must not exist or be
 /// empty) and returns the directory to use: `dest`, or its `SUBDIR`.
 /// `expected_commit` (ADD --checksum) must be a prefix of the checked-out
-/// commit.
+/// commit; `keyed_commit`, the commit [`resolve_commit`] found when the
+/// step's cache key was computed, must be the checked-out commit
+/// ([`CopyError::UrlChanged`] otherwise: the reference moved meanwhile).
 pub fn git_checkout(
     spec: &str,
     dest: &Path,
     keep_git_dir: bool,
     expected_commit: Option<&str>,
+    keyed_commit: Option<&str>,
     cancel: &CancelHandle,
 ) -> Result<PathBuf, CopyError> {
     let src = GitSource::parse(spec);
@@ -166,30 +224,20 @@ pub fn git_checkout(
             cancel,
         )?;
     }
-    if let Some(expected) = expected_commit {
-        let out = Command::new("git")
-            .arg("-C")
-            .arg(dest)
-            .args(["rev-parse", "HEAD"])
-            .output()
-            .map_err(|e| CopyError::Git {
-                url: url.to_owned(),
-                reason: format!("cannot run git: {e}"),
-            })?;
-        if !out.status.success() {
-            return Err(git_failed(
-                url,
-                "git rev-parse HEAD",
-                out.status,
-                &out.stderr,
-            ));
-        }
-        let actual = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        if expected.is_empty() || !actual.starts_with(expected) {
+    if expected_commit.is_some() || keyed_commit.is_some() {
+        let actual = head_commit(url, dest, cancel)?;
+        if let Some(expected) = expected_commit
+            && (expected.is_empty() || !actual.starts_with(&expected.to_ascii_lowercase()))
+        {
             return Err(CopyError::ChecksumMismatch {
                 url: spec.to_owned(),
                 expected: expected.to_owned(),
                 actual,
+            });
+        }
+        if keyed_commit.is_some_and(|keyed| keyed != actual) {
+            return Err(CopyError::UrlChanged {
+                url: spec.to_owned(),
             });
         }
     }
@@ -362,11 +410,84 @@ mod tests {
         });
         let started = std::time::Instant::now();
         let url = format!("git://127.0.0.1:{port}/repo.git");
-        let err = git_checkout(&url, &dir.path().join("c"), false, None, &cancel).unwrap_err();
+        let err =
+            git_checkout(&url, &dir.path().join("c"), false, None, None, &cancel).unwrap_err();
         t.join().unwrap();
         drop(listener);
         assert!(matches!(err, CopyError::Cancelled), "{err:?}");
         assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    /// Runs git in `dir` as a fixed author; returns its output.
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.com")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.com")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    #[test]
+    fn references_resolve_to_the_commit_a_clone_would_check_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo.git");
+        std::fs::create_dir(&repo).unwrap();
+        git(&repo, &["init", "-q", "-b", "main"]);
+        git(&repo, &["commit", "-q", "--allow-empty", "-m", "one"]);
+        let one = git(&repo, &["rev-parse", "HEAD"]);
+        // An annotated tag, and a tag and a branch of the same name on
+        // different commits: `git clone --branch same` takes the branch.
+        git(&repo, &["tag", "-a", "-m", "v1", "v1"]);
+        git(&repo, &["tag", "same"]);
+        git(&repo, &["commit", "-q", "--allow-empty", "-m", "two"]);
+        let two = git(&repo, &["rev-parse", "HEAD"]);
+        git(&repo, &["branch", "same"]);
+        git(&repo, &["branch", "other/main", &one]);
+        let url = format!("file://{}", repo.display());
+        let cancel = CancelHandle::new();
+        let resolve =
+            |fragment: &str| resolve_commit(&format!("{url}{fragment}"), &cancel).unwrap();
+        assert_eq!(resolve("").as_deref(), Some(two.as_str()));
+        assert_eq!(resolve("#:sub").as_deref(), Some(two.as_str()));
+        assert_eq!(resolve("#main").as_deref(), Some(two.as_str()));
+        assert_eq!(
+            resolve("#v1").as_deref(),
+            Some(one.as_str()),
+            "not the tag object"
+        );
+        assert_eq!(resolve("#same").as_deref(), Some(two.as_str()));
+        assert_eq!(resolve("#refs/tags/same").as_deref(), Some(one.as_str()));
+        assert_eq!(resolve("#refs/tags/v1").as_deref(), Some(one.as_str()));
+        assert_eq!(resolve("#no-such-branch"), None);
+        // A commit is its own answer; an abbreviated one cannot be asked for.
+        assert_eq!(resolve(&format!("#{one}")).as_deref(), Some(one.as_str()));
+        assert_eq!(resolve(&format!("#{}", &one[..10])), None);
+        // A clone of the reference checks out what it resolved to, and
+        // fails once the reference has moved on.
+        let checkout = |keyed: &str| {
+            let dest = tempfile::tempdir().unwrap();
+            git_checkout(
+                &format!("{url}#main"),
+                &dest.path().join("c"),
+                false,
+                None,
+                Some(keyed),
+                &cancel,
+            )
+        };
+        checkout(&two).unwrap();
+        let err = checkout(&one).unwrap_err();
+        assert!(matches!(err, CopyError::UrlChanged { .. }), "{err:?}");
+        // A repository that cannot be asked is an error, not an answer.
+        let missing = format!("file://{}/missing.git", dir.path().display());
+        assert!(resolve_commit(&missing, &cancel).is_err());
     }
 
     #[test]
