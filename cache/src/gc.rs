@@ -24,7 +24,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::fs::{self, File, Metadata};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -556,25 +556,10 @@ fn snapshot_sizes(store: &Store) -> Result<BTreeMap<Digest, u64>, GcError> {
     if changed {
         file.version = SIZES_VERSION;
         // Only a cache: a failed write costs a walk next time.
-        let _ = write_atomic(
-            store,
-            &path,
-            &serde_json::to_vec(&file).expect("sizes serialize"),
-        );
+        let bytes = serde_json::to_vec(&file).expect("sizes serialize");
+        let _ = store.replace_file(&path, &bytes, 0o600, false);
     }
     Ok(out)
-}
-
-fn write_atomic(store: &Store, path: &Path, bytes: &[u8]) -> io::Result<()> {
-    if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent)?;
-    }
-    let mut tmp = tempfile::Builder::new()
-        .prefix("gc-")
-        .tempfile_in(store.root().join("tmp"))?;
-    tmp.write_all(bytes)?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
 }
 
 /// The images of `index.json` and everything they need.

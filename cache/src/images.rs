@@ -18,8 +18,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::io;
 use std::path::PathBuf;
 use std::str::FromStr;
 
@@ -565,17 +564,9 @@ impl ImageStore {
             path: path.clone(),
             source,
         };
-        let tmp_dir = self.store.root().join("tmp");
-        let mut tmp = tempfile::Builder::new()
-            .prefix("index-")
-            .tempfile_in(&tmp_dir)
+        self.store
+            .replace_file(&path, &bytes, 0o644, true)
             .map_err(werr)?;
-        tmp.write_all(&bytes).map_err(werr)?;
-        tmp.as_file()
-            .set_permissions(fs::Permissions::from_mode(0o644))
-            .map_err(werr)?;
-        tmp.as_file().sync_all().map_err(werr)?;
-        tmp.persist(&path).map_err(|e| werr(e.error))?;
         fs::File::open(self.store.root())
             .and_then(|d| d.sync_all())
             .map_err(werr)?;

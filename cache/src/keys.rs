@@ -16,7 +16,7 @@
 //! miss. Notes are advisory; losing one only loses an explanation.
 
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::PathBuf;
 use std::time::SystemTime;
 
@@ -221,24 +221,10 @@ impl KeyIndex {
         name: &str,
         bytes: &[u8],
     ) -> Result<(), StoreError> {
-        let io_err = |path: PathBuf| move |source| StoreError::Io { path, source };
-        fs::create_dir_all(dir).map_err(io_err(dir.to_path_buf()))?;
-        let tmp_root = self.store.root().join("tmp");
-        let mut tmp = tempfile::Builder::new()
-            .prefix("key-")
-            .tempfile_in(&tmp_root)
-            .map_err(io_err(tmp_root.clone()))?;
-        tmp.write_all(bytes)
-            .map_err(io_err(tmp.path().to_path_buf()))?;
-        tmp.as_file()
-            .sync_all()
-            .map_err(io_err(tmp.path().to_path_buf()))?;
-        let dest = dir.join(name);
-        tmp.persist(&dest).map_err(|e| StoreError::Io {
-            path: dest.clone(),
-            source: e.error,
-        })?;
-        Ok(())
+        let path = dir.join(name);
+        self.store
+            .replace_file(&path, bytes, 0o600, true)
+            .map_err(|source| StoreError::Io { path, source })
     }
 }
 

@@ -187,6 +187,35 @@ impl Store {
         })
     }
 
+    /// Replaces the file `path` (on the store's filesystem) with `bytes`
+    /// atomically: a reader sees the old file or the new one, never a
+    /// part, and a crash leaves at most garbage in `tmp/`. The file gets
+    /// `mode`; with `fsync`, its content is on disk before it is renamed
+    /// into place. Creates missing parent directories.
+    pub fn replace_file(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        mode: u32,
+        fsync: bool,
+    ) -> io::Result<()> {
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        let mut tmp = tempfile::Builder::new()
+            .prefix("replace-")
+            .tempfile_in(self.tmp_dir())?;
+        // Whatever the umask.
+        tmp.as_file()
+            .set_permissions(fs::Permissions::from_mode(mode))?;
+        tmp.write_all(bytes)?;
+        if fsync {
+            tmp.as_file().sync_all()?;
+        }
+        tmp.persist(path).map_err(|e| e.error)?;
+        Ok(())
+    }
+
     /// A fresh directory in `tmp/`, on the store's filesystem so that its
     /// content can be renamed into place; removed on drop unless kept.
     pub fn temp_dir(&self, prefix: &str) -> Result<tempfile::TempDir, StoreError> {

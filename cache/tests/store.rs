@@ -365,3 +365,21 @@ fn exclusive_lock_excludes_and_shared_locks_share() {
         ));
     }
 }
+
+#[test]
+fn replace_file_swaps_whole_files_with_their_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let path = dir.path().join("some/new/dir/file.json");
+    // The mode is the one asked for (not the temp file's 0600).
+    store.replace_file(&path, b"first", 0o644, true).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"first");
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o644);
+    store.replace_file(&path, b"second", 0o600, false).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"second");
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o600);
+    assert_eq!(tmp_entries(&store), Vec::<String>::new());
+}
