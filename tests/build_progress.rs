@@ -391,6 +391,9 @@ fn under_pty(t: &TestRoot, args: &[&str], columns: u16) -> (Vec<String>, bool) {
     let out = Command::new("script")
         .args(["-qfec", &command, "/dev/null"])
         .env_remove("BUILDER_ROOT")
+        // `script` runs the command with $SHELL: one shell whatever the
+        // machine's.
+        .env("SHELL", "/bin/sh")
         .env("TERM", "xterm-256color")
         .stdin(Stdio::null())
         .output()

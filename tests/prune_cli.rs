@@ -205,7 +205,7 @@ fn prune_waits_for_a_running_build() {
     let Some((root, _)) = setup() else { return };
     let ctx = root.context(&[(
         "Dockerfile",
-        "FROM busybox\nRUN echo started && sleep 2 && echo slept > /slept\n",
+        "FROM busybox\nRUN echo started && sleep 4 && echo slept > /slept\n",
     )]);
     let mut build = root.builder();
     build

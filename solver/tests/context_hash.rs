@@ -316,7 +316,13 @@ fn missing_and_escaping_sources_give_stable_markers() {
 fn racy_rewrite_with_the_same_size_and_mtime_is_seen() {
     let f = Fixture::new();
     f.write("f", "aaaa");
-    let mtime = fs::metadata(f.path("f")).unwrap().modified().unwrap();
+    // A time still to come stands for "just written" however long the
+    // machine takes to get to the checksum (a stat stays untrusted until
+    // it is clearly older than the read).
+    let mtime = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+    let file = fs::File::options().write(true).open(f.path("f")).unwrap();
+    file.set_modified(mtime).unwrap();
+    drop(file);
     let h = f.hasher(None);
     let sel = Selection {
         paths: vec!["/f"],

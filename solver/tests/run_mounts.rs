@@ -699,7 +699,9 @@ fn cancelling_a_build_stops_its_wait_for_a_locked_cache() {
     let holder = f.request(
         "FROM busybox:test\n\
          RUN --mount=type=cache,id=held,target=/c,sharing=locked \
-         sh -c 'touch /c/running; sleep 5; touch /c/done'\n",
+         sh -c 'touch /c/running; i=0; \
+         while [ ! -e /c/release ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done; \
+         touch /c/done'\n",
     );
     let waiter = f.request(
         "FROM busybox:test\n\
@@ -721,9 +723,11 @@ fn cancelling_a_build_stops_its_wait_for_a_locked_cache() {
             "{:?}",
             result.map(|_| ())
         );
-        // The holder is still running: the waiter did not wait for it.
+        // The holder is still running (until released): the waiter did
+        // not wait for it.
         assert!(!dir.join("done").exists());
         assert!(!dir.join("waiter").exists());
+        fs::write(dir.join("release"), "").unwrap();
         held.join().unwrap().unwrap();
     });
     assert!(dir.join("done").exists());

@@ -694,7 +694,8 @@ fn cancellation_kills_the_whole_step_quickly() {
         "step processes not found before cancelling: {seen:?}"
     );
     let took = returned - cancelled_at.lock().unwrap().expect("never cancelled");
-    assert!(took < Duration::from_secs(2), "cancellation took {took:?}");
+    // Far less than the step's `sleep`, with room for a loaded machine.
+    assert!(took < Duration::from_secs(10), "cancellation took {took:?}");
     let left = processes_with(&marker);
     assert!(left.is_empty(), "processes survived cancellation: {left:?}");
     // A cancelled handle refuses further steps.

@@ -40,6 +40,7 @@ const PATIENCE: Duration = Duration::from_secs(20);
 /// upperdir and records it. Commands containing:
 /// - `fail`: exit 1;
 /// - `block`: wait until the build is cancelled (then `Cancelled`);
+/// - `once blocked`: first wait until a `block` step runs;
 /// - `meet`: wait until two `meet` steps run at the same time;
 /// - `slow`: take 50 ms;
 /// - `edit`: write `edit`'s content to its path (a context file edited
@@ -52,6 +53,8 @@ struct FakeExecutor {
     max_running: AtomicUsize,
     met: (Mutex<usize>, Condvar),
     cancelled_seen: AtomicUsize,
+    /// `block` steps that started waiting.
+    blocked: AtomicUsize,
 }
 
 impl FakeExecutor {
@@ -60,7 +63,13 @@ impl FakeExecutor {
     }
 
     fn step(&self, command: &str, cancel: &CancelHandle) -> Result<i32, SandboxError> {
-        if command.contains("block") {
+        if command.contains("once blocked") {
+            let start = Instant::now();
+            while self.blocked.load(Ordering::SeqCst) == 0 && start.elapsed() < PATIENCE {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        } else if command.contains("block") {
+            self.blocked.fetch_add(1, Ordering::SeqCst);
             let start = Instant::now();
             while !cancel.is_cancelled() {
                 if start.elapsed() > PATIENCE {
@@ -505,7 +514,8 @@ fn the_first_failure_cancels_the_rest_and_is_the_error() {
     let cancel = CancelHandle::new();
     let err = build_with(
         &f.store,
-        &f.request(&two_branches("block a", "fail now")),
+        // The failure waits for the other step to run, which it cancels.
+        &f.request(&two_branches("block a", "fail once blocked")),
         &exec,
         &progress,
         &cancel,
@@ -519,7 +529,10 @@ fn the_first_failure_cancels_the_rest_and_is_the_error() {
     else {
         panic!("{err:?}");
     };
-    assert!(description.ends_with("RUN fail now"), "{description}");
+    assert!(
+        description.ends_with("RUN fail once blocked"),
+        "{description}"
+    );
     assert_eq!(*exit_code, 1);
     assert_eq!(exec.cancelled_seen.load(Ordering::SeqCst), 1);
     // Neither final COPY ran.

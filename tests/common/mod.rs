@@ -86,8 +86,28 @@ impl TestRoot {
     pub(crate) fn builder(&self) -> Command {
         let mut c = Command::new(BIN);
         c.arg("--root").arg(self.root());
-        c.env_remove("BUILDER_ROOT");
-        c.env_remove("SOURCE_DATE_EPOCH");
+        // What the machine running the tests may have set that would change
+        // what a build does: the tests set what they need themselves. (The
+        // servers the tests start listen on loopback, which a proxy would
+        // not reach.)
+        for name in [
+            "BUILDER_ROOT",
+            "SOURCE_DATE_EPOCH",
+            "BUILDER_CACHE",
+            "BUILDER_CACHE_TOKEN",
+            "BUILDER_INSECURE_REGISTRY",
+            "BUILDER_GC_KEEP_STORAGE",
+            "BUILDER_COPY_WORKERS",
+            "DOCKER_CONFIG",
+            "http_proxy",
+            "https_proxy",
+            "all_proxy",
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "ALL_PROXY",
+        ] {
+            c.env_remove(name);
+        }
         c.stdin(Stdio::null());
         c
     }

@@ -178,8 +178,11 @@ Build failed S: 4 steps, 3 run, 1 cached
         );
         // Output offsets count from the step's start, with milliseconds.
         let first = text.lines().find(|l| l.ends_with(" a one")).unwrap();
-        assert!(first.starts_with("#2 0.0"), "{first}");
-        assert_eq!(first.split(' ').nth(1).unwrap().len(), 5, "{first}");
+        let offset = first.split(' ').nth(1).unwrap();
+        assert!(first.starts_with("#2 "), "{first}");
+        assert_eq!(offset.len(), 5, "{first}");
+        // Made right after the step started (however slow the machine).
+        assert!(offset.parse::<f64>().unwrap() < 5.0, "{first}");
     }
 
     #[test]
