@@ -1235,6 +1235,10 @@ fn run_prune(
         }
     }
 
+    // Hints about blobs that are gone now.
+    crate::archive::conversions::sweep(store);
+    crate::registry::sources::sweep(store);
+
     // Snapshots: those nothing needs; with --all or while over the limit
     // also those of images, which their blobs re-create; not with an age
     // filter, since when a snapshot was last used is not known.

@@ -782,6 +782,59 @@ fn recompression_writes_new_layers_and_manifest_with_the_same_diff_ids() {
     assert!(!files.contains_key(&format!("blobs/sha256/{}", original_layer.digest.hex())));
 }
 
+/// A layer recompressed once is not recompressed again: the next export
+/// with the same options takes the blob made then (seen here by damaging
+/// the source, which only a recompression would read), other options make
+/// another, and prune forgets what it removed.
+#[test]
+fn a_recompressed_layer_is_reused_by_later_exports() {
+    use cache::archive::export::recompress;
+    let dir = tempfile::tempdir().unwrap();
+    let a = new_store(dir.path(), "a");
+    let store = a.store();
+    let tar = layer_tar(&[("f.txt", Some(&noise(300_000, 9)))]);
+    put_image(&a, &[(tar.clone(), Compression::Gzip)], "1", &["app:1"]);
+    let source = a.resolve("app:1").unwrap().layers()[0].clone();
+    let zstd = CompressionOptions::new(Compression::Zstd);
+    let made = recompress(store, &source, &zstd).unwrap();
+    assert_eq!(made.media_type, Compression::Zstd.media_type());
+    assert_eq!(decompress(&store.read_blob(&made.digest).unwrap()), tar);
+
+    let path = store.blob_path(&source.digest);
+    let good = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &good[..good.len() / 2]).unwrap();
+    assert_eq!(recompress(store, &source, &zstd).unwrap(), made);
+    // Another level is another conversion: it reads the damaged source.
+    let level = CompressionOptions::with_level(Compression::Zstd, 19);
+    let err = recompress(store, &source, &level).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ArchiveError::CorruptLayer { .. } | ArchiveError::CorruptBlob { .. }
+        ),
+        "{err:?}"
+    );
+    std::fs::write(&path, &good).unwrap();
+
+    // A made blob that is gone is made again, and a prune drops the
+    // records of blobs it removed.
+    std::fs::remove_file(store.blob_path(&made.digest)).unwrap();
+    assert_eq!(recompress(store, &source, &zstd).unwrap(), made);
+    let records = || {
+        std::fs::read_dir(store.root().join("conversions"))
+            .unwrap()
+            .count()
+    };
+    assert_eq!(records(), 1);
+    let opts = cache::gc::PruneOptions {
+        all: true,
+        ..Default::default()
+    };
+    cache::gc::prune(store, &opts).unwrap();
+    assert!(!store.has_blob(&made.digest), "nothing needs the made blob");
+    assert_eq!(records(), 0);
+}
+
 // ---------------------------------------------------------------- destinations
 
 /// Both ways a blob is copied: whole (small blobs) and through the reading

@@ -348,12 +348,20 @@ impl<R: Read> Read for HashingReader<R> {
 }
 
 /// Decompresses a stored layer and compresses it again as `target` into a
-/// new blob; checks the source's digest on the way.
+/// new blob; checks the source's digest on the way. A blob made so before
+/// (see [`super::conversions`]) is used again instead.
 pub fn recompress(
     store: &Store,
     layer: &BlobRef,
     target: &CompressionOptions,
 ) -> Result<BlobRef, ArchiveError> {
+    if let Some(made) = super::conversions::lookup(store, &layer.digest, target) {
+        // Used now: as young as a blob just made, for prune.
+        if let Ok(f) = std::fs::File::open(store.blob_path(&made.digest)) {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
+        return Ok(made);
+    }
     let file = store.open_blob(&layer.digest)?;
     let mut source = HashingReader {
         inner: BufReader::with_capacity(256 * 1024, file),
@@ -379,11 +387,13 @@ pub fn recompress(
     }
     let writer = out.finish().map_err(ArchiveError::Stream)?;
     let (digest, size) = writer.commit(None)?;
-    Ok(BlobRef {
+    let made = BlobRef {
         media_type: target.kind.media_type().to_string(),
         digest,
         size,
-    })
+    };
+    super::conversions::record(store, &layer.digest, target, &made);
+    Ok(made)
 }
 
 /// A tar header for a regular file or directory, with fixed owner and time

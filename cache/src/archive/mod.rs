@@ -16,6 +16,7 @@ use crate::images::ImageError;
 use crate::json::JsonError;
 use crate::store::StoreError;
 
+pub mod conversions;
 pub mod export;
 pub mod import;
 

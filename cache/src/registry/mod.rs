@@ -22,7 +22,7 @@ pub mod client;
 pub mod credentials;
 pub mod pull;
 pub mod push;
-mod sources;
+pub(crate) mod sources;
 
 use std::fmt;
 use std::str::FromStr;

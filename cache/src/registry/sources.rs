@@ -45,3 +45,45 @@ pub(crate) fn sources(store: &Store, digest: &Digest) -> Vec<(String, String)> {
         .map(|(r, p)| (r.to_string(), p.to_string()))
         .collect()
 }
+
+/// Removes the records of blobs that are no longer stored; returns how
+/// many. For prune, after it removed blobs.
+pub(crate) fn sweep(store: &Store) -> usize {
+    let Ok(entries) = fs::read_dir(store.root().join(DIR)) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let digest = name
+            .to_str()
+            .and_then(|hex| format!("sha256:{hex}").parse::<Digest>().ok());
+        let stored = digest.is_some_and(|d| store.has_blob(&d));
+        if !stored && fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_of_removed_blobs_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let kept = store.put_blob(b"kept").unwrap();
+        let gone = store.put_blob(b"gone").unwrap();
+        record(&store, &kept, "r.example", "a/b");
+        record(&store, &gone, "r.example", "a/c");
+        record(&store, &gone, "r.example", "a/c");
+        assert_eq!(sources(&store, &gone).len(), 1, "recorded once");
+        fs::remove_file(store.blob_path(&gone)).unwrap();
+        fs::write(store.root().join(DIR).join("not-a-digest"), "x y\n").unwrap();
+        assert_eq!(sweep(&store), 2);
+        assert_eq!(sources(&store, &kept), [("r.example".into(), "a/b".into())]);
+        assert!(sources(&store, &gone).is_empty());
+    }
+}
