@@ -143,6 +143,10 @@ pub fn serve(config: Config) -> Result<(), ServerError> {
         let local = listener.local_addr().map_err(ServerError::Serve)?;
         server.evict_in_background();
         let app = api::router(server.clone());
+        // The handlers go in before the line that says the server is ready:
+        // whoever reads it may send SIGTERM at once, and without them that
+        // would kill the server instead of stopping it gracefully.
+        let signals = ShutdownSignals::install();
         eprintln!("listening on {local}");
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let serving = tokio::spawn(async move {
@@ -153,7 +157,7 @@ pub fn serve(config: Config) -> Result<(), ServerError> {
                 })
                 .await
         });
-        shutdown_signal().await;
+        signals.recv().await;
         eprintln!("shutting down");
         let _ = stop_tx.send(true);
         match tokio::time::timeout(SHUTDOWN_GRACE, serving).await {
@@ -171,12 +175,28 @@ pub fn serve(config: Config) -> Result<(), ServerError> {
     result
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// The SIGTERM and SIGINT handlers; from `install` on, these signals no
+/// longer kill the process but wait here to be received.
+struct ShutdownSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    /// Must run inside the runtime.
+    fn install() -> ShutdownSignals {
+        use tokio::signal::unix::{SignalKind, signal};
+        ShutdownSignals {
+            term: signal(SignalKind::terminate()).expect("SIGTERM handler installs"),
+            int: signal(SignalKind::interrupt()).expect("SIGINT handler installs"),
+        }
+    }
+
+    /// Waits for the first SIGTERM or SIGINT (one that came before is not lost).
+    async fn recv(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }
