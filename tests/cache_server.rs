@@ -1041,8 +1041,15 @@ fn cache_server_sigterm_finishes_the_request_in_flight() {
         .header("location")
         .unwrap()
         .to_string();
-    let chunk = data(5, 200_000);
+    // The first part of the body is larger than the store's write buffer
+    // (256 KiB), so the server writes some of it to the upload's temp file:
+    // the file growing shows that the server is inside the PATCH before the
+    // signal. A fixed pause would not, on a slow machine.
+    let chunk = data(5, 1_000_000);
+    let first = 600_000;
     let mut conn = std::net::TcpStream::connect(&server.addr).unwrap();
+    conn.set_write_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
     write!(
         conn,
         "PATCH {loc} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\nContent-Range: 0-{}\r\n\r\n",
@@ -1051,11 +1058,34 @@ fn cache_server_sigterm_finishes_the_request_in_flight() {
         chunk.len() - 1
     )
     .unwrap();
-    conn.write_all(&chunk[..100_000]).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    conn.write_all(&chunk[..first]).unwrap();
+    let tmp = t.path("cache").join("tmp");
+    let upload_bytes = || -> u64 {
+        fs::read_dir(&tmp)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("blob-"))
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while upload_bytes() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the server wrote none of the PATCH body within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     server.terminate();
-    std::thread::sleep(Duration::from_millis(300));
-    conn.write_all(&chunk[100_000..]).unwrap();
+    // The rest of the body goes only once the server has taken the signal,
+    // so that it finishes a request that was still arriving.
+    assert!(
+        server.wait_for_log("shutting down", Duration::from_secs(30)),
+        "the server did not start shutting down within 30 s of SIGTERM"
+    );
+    conn.write_all(&chunk[first..]).unwrap();
     let mut response = Vec::new();
     conn.set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
@@ -1063,7 +1093,7 @@ fn cache_server_sigterm_finishes_the_request_in_flight() {
     let response = String::from_utf8_lossy(&response);
     assert!(response.starts_with("HTTP/1.1 202"), "{response}");
     assert!(
-        response.to_ascii_lowercase().contains("range: 0-199999"),
+        response.to_ascii_lowercase().contains("range: 0-999999"),
         "{response}"
     );
     let log = server.wait();

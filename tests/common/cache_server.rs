@@ -4,6 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::BIN;
@@ -14,6 +15,9 @@ pub(crate) struct Server {
     child: Child,
     pub(crate) addr: String,
     log: Arc<Mutex<String>>,
+    /// Copies the server's stderr into `log`; ends when the server exits
+    /// (its end of the pipe closes).
+    log_reader: Option<JoinHandle<()>>,
 }
 
 impl Server {
@@ -46,14 +50,36 @@ impl Server {
         };
         let log = Arc::new(Mutex::new(seen));
         let sink = log.clone();
-        std::thread::spawn(move || {
+        let log_reader = std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
                 let mut s = sink.lock().unwrap();
                 s.push_str(&line);
                 s.push('\n');
             }
         });
-        Server { child, addr, log }
+        Server {
+            child,
+            addr,
+            log,
+            log_reader: Some(log_reader),
+        }
+    }
+
+    /// Waits until the server's log contains `needle`; false if it does not
+    /// within `timeout` or the server exits first.
+    pub(crate) fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.log.lock().unwrap().contains(needle) {
+                return true;
+            }
+            let reader_done = self.log_reader.as_ref().is_none_or(|r| r.is_finished());
+            if reader_done || Instant::now() >= deadline {
+                // One last look: the line may have come with the end.
+                return self.log.lock().unwrap().contains(needle);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     pub(crate) fn url(&self, path: &str) -> String {
@@ -81,8 +107,21 @@ impl Server {
             assert!(Instant::now() < deadline, "server ignored SIGTERM");
             std::thread::sleep(Duration::from_millis(20));
         };
-        // Let the log thread read what the server wrote before exiting.
-        std::thread::sleep(Duration::from_millis(100));
+        // The log thread reads until the pipe's end, which comes when the
+        // server has exited: after that the log holds every line the server
+        // wrote (a fixed pause could end before the last lines were read).
+        // Bounded all the same, in case something else inherited the pipe.
+        let reader = self.log_reader.take().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !reader.is_finished() {
+            assert!(
+                Instant::now() < deadline,
+                "the server's stderr stayed open after it exited ({status}):\n{}",
+                self.log.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        reader.join().unwrap();
         let log = self.log.lock().unwrap().clone();
         assert!(status.success(), "server exited with {status}:\n{log}");
         log
