@@ -12,8 +12,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Whether the registry binary is here; panics under CI when it is not.
@@ -47,12 +47,72 @@ pub(crate) fn htpasswd_available() -> bool {
     ok
 }
 
+/// Held from choosing a port for a registry until that registry listens on
+/// it, and while a proxy takes its port: the tests of a binary run in
+/// parallel, and between `free_port` closing its socket and the registry
+/// binding the port, another registry or proxy of this binary could get the
+/// same one.
+static PORTS: Mutex<()> = Mutex::new(());
+
+fn lock_ports() -> MutexGuard<'static, ()> {
+    // A test that panicked while holding it left nothing half done.
+    PORTS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A port that was free a moment ago; hold `lock_ports()` until it is bound.
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// The inodes of the TCP sockets listening on `port` (of any address).
+fn listening_inodes(port: u16) -> Vec<String> {
+    let mut out = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = fs::read_to_string(table) else {
+            continue;
+        };
+        // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) =
+                (fields.get(1), fields.get(3), fields.get(9))
+            else {
+                continue;
+            };
+            let local_port = local
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            // 0A: TCP_LISTEN.
+            if local_port == Some(port) && *state == "0A" {
+                out.push((*inode).to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Whether process `pid` holds a socket listening on `port`: a connection
+/// that succeeds shows only that something listens there, which may be
+/// another test's server that took the port first (ours then fails to bind
+/// and exits).
+fn listens_on(pid: u32, port: u16) -> bool {
+    let inodes = listening_inodes(port);
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        fs::read_link(fd.path()).is_ok_and(|target| {
+            let target = target.to_string_lossy();
+            target
+                .strip_prefix("socket:[")
+                .and_then(|t| t.strip_suffix(']'))
+                .is_some_and(|inode| inodes.iter().any(|i| i == inode))
+        })
+    })
 }
 
 /// A running `docker-registry`.
@@ -95,8 +155,11 @@ impl Registry {
                 htpasswd.display()
             );
         }
-        // A few tries: the port may be taken between choosing and binding.
+        // A few tries: the port may be taken between choosing and binding
+        // (by a process outside this binary, which the lock cannot stop).
+        let mut tries = Vec::new();
         for _ in 0..5 {
+            let ports = lock_ports();
             let port = free_port();
             let config = dir.path().join("config.yml");
             fs::write(
@@ -118,11 +181,19 @@ impl Registry {
                 .spawn()
                 .expect("cannot start docker-registry");
             let deadline = Instant::now() + Duration::from_secs(15);
+            let mut outcome = format!("port {port}: not listening after 15 s");
             while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    outcome = format!("port {port}: exited ({status})");
                     break;
                 }
                 if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    if !listens_on(child.id(), port) {
+                        // Someone else answered: this port is taken.
+                        outcome = format!("port {port}: another process listens there");
+                        break;
+                    }
+                    drop(ports);
                     return Registry {
                         port,
                         storage,
@@ -134,9 +205,13 @@ impl Registry {
             }
             let _ = child.kill();
             let _ = child.wait();
+            tries.push(outcome);
         }
         let log = fs::read_to_string(dir.path().join("registry.log")).unwrap_or_default();
-        panic!("docker-registry did not start: {log}");
+        panic!(
+            "docker-registry did not start ({}); the last one's log:\n{log}",
+            tries.join("; ")
+        );
     }
 
     /// `127.0.0.1:PORT`.
@@ -204,7 +279,11 @@ pub(crate) struct Proxy {
 
 impl Proxy {
     pub(crate) fn start(upstream: u16, mode: Mode) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        // Not a port a registry of this binary has chosen and not bound yet.
+        let listener = {
+            let _ports = lock_ports();
+            TcpListener::bind("127.0.0.1:0").unwrap()
+        };
         let port = listener.local_addr().unwrap().port();
         listener.set_nonblocking(true).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
