@@ -1,12 +1,17 @@
 //! SIGKILL during `builder load` and `builder save`: the store stays valid and no partial tarball appears.
 //!
 //! Each operation is killed with a real SIGKILL at 24 points spread over its
-//! measured duration. After every kill: every blob in the root hashes to its
-//! name, `index.json` parses and each of its entries has all its blobs, the
-//! destination of a killed save does not exist, and the same command then
-//! succeeds. The payload (48 MiB of random data in one layer, in both an OCI
-//! layout and a docker archive) is large enough that kills land mid-write;
-//! the test checks that they did.
+//! progress: the kills wait for the file being written to reach a given size
+//! (the temp file in the root's `tmp/` for a load, the output for a save), so
+//! they spread over the write however fast or loaded the machine is. Kills
+//! timed from a measured duration did not: when the measurement and the
+//! kills met different loads, too few landed on a running process. After
+//! every kill: every blob in the root hashes to its name, `index.json` parses
+//! and each of its entries has all its blobs, the destination of a killed
+//! save does not exist, and the same command then succeeds. The payload
+//! (48 MiB of random data in one layer, in both an OCI layout and a docker
+//! archive) is large enough that kills land mid-write; the test checks that
+//! they did.
 
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
@@ -19,6 +24,9 @@ use cache::Digest;
 const BIN: &str = env!("CARGO_BIN_EXE_builder");
 const KILL_POINTS: usize = 24;
 const PAYLOAD: usize = 48 << 20;
+/// How long a killed operation may take to reach its kill point: far more
+/// than a load or save of the payload takes on any machine.
+const PROGRESS_LIMIT: Duration = Duration::from_secs(120);
 /// The signal number of SIGKILL on Linux.
 const SIGKILL: i32 = 9;
 
@@ -204,55 +212,116 @@ fn tmp_leftovers(root: &Path) -> usize {
     std::fs::read_dir(root.join("tmp")).map_or(0, |d| d.count())
 }
 
-/// How long `cmd` takes, as the median of three runs.
-fn duration_of(mut make: impl FnMut() -> Command) -> Duration {
-    let mut times: Vec<Duration> = (0..3)
-        .map(|_| {
-            let start = Instant::now();
-            succeed(&mut make());
-            start.elapsed()
-        })
-        .collect();
-    times.sort();
-    times[1]
+/// The size of the largest file directly in `dir` (0 if there is none).
+fn largest_file(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .max()
+        .unwrap_or(0)
 }
 
-/// Starts `cmd`, SIGKILLs it after `after`, and says whether it was still running.
-fn kill_after(mut cmd: Command, after: Duration) -> bool {
+/// The size of the largest file that process `pid` has open in `dir`. A
+/// save writes its output as an unnamed `O_TMPFILE` in the destination's
+/// directory (or, where that is not supported, a dot-named temp file there),
+/// so the directory's listing does not show it but the process's open files do.
+fn open_file_size_in(pid: u32, dir: &Path) -> u64 {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    fds.flatten()
+        .filter(|fd| {
+            // An unnamed file shows as `DIR/#INODE (deleted)`.
+            std::fs::read_link(fd.path()).is_ok_and(|target| target.parent() == Some(dir))
+        })
+        // The link's metadata is that of the open file itself.
+        .filter_map(|fd| std::fs::metadata(fd.path()).ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Starts `cmd`, SIGKILLs it as soon as `due(pid)` holds, and says whether it
+/// was still running then. `what` names the kill point if it is never reached.
+fn kill_when(mut cmd: Command, what: &str, mut due: impl FnMut(u32) -> bool) -> bool {
     let mut child = cmd.spawn().unwrap();
-    std::thread::sleep(after);
+    let deadline = Instant::now() + PROGRESS_LIMIT;
+    while !due(child.id()) {
+        // A process that finished before its kill point counts as missed.
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not reach {what} within {PROGRESS_LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
     // Child::kill sends SIGKILL.
     let _ = child.kill();
     let status = child.wait().unwrap();
     status.signal() == Some(SIGKILL)
 }
 
-/// Kill times spread over the first 90% of a measured run: the machine is
-/// shared, so a run may be quicker than the measurement and the last points
-/// would often miss.
-fn kill_points(total: Duration) -> impl Iterator<Item = Duration> {
-    (0..KILL_POINTS).map(move |i| total.mul_f64(0.9 * (i as f64 + 0.5) / KILL_POINTS as f64))
+/// `part` 24ths of `total`, for the kill point `part` of a save (0: as soon
+/// as it started; the last, 23/24, before the end of the write, so that it
+/// finds the save running).
+fn share(total: u64, part: usize) -> u64 {
+    total * part as u64 / KILL_POINTS as u64
+}
+
+/// Where a load is killed.
+#[derive(Debug, Clone, Copy)]
+enum LoadPoint {
+    /// When this many bytes of the layer are in its temp file (0: as soon
+    /// as the load started).
+    Written(u64),
+    /// As soon as the layer is in the store: while the config, the manifest
+    /// and the index entry are being written.
+    Stored,
+}
+
+/// The first kill as soon as the load started, then one each time another
+/// 21st of the payload is in the temp file (the last once all of it is:
+/// while the rest of the layer is written and synced), and two as soon as
+/// the layer entered the store.
+fn load_points() -> Vec<LoadPoint> {
+    let steps = KILL_POINTS - 3;
+    (0..=steps)
+        .map(|k| LoadPoint::Written((PAYLOAD * k / steps) as u64))
+        .chain([LoadPoint::Stored; 2])
+        .collect()
+}
+
+/// Whether a load into `root` has reached `point`.
+fn load_reached(root: &Path, point: LoadPoint) -> bool {
+    match point {
+        LoadPoint::Written(0) => true,
+        LoadPoint::Written(n) => largest_file(&root.join("tmp")) >= n,
+        LoadPoint::Stored => largest_file(&root.join("blobs/sha256")) >= PAYLOAD as u64,
+    }
 }
 
 #[test]
 fn sigkill_during_load_leaves_a_valid_store() {
     let dir = tempfile::tempdir().unwrap();
     let (oci, docker) = make_archives(dir.path());
+    let points = load_points();
+    assert_eq!(points.len(), KILL_POINTS);
     for archive in [&oci, &docker] {
-        let calibrate = dir.path().join("calibrate");
-        let total = duration_of(|| {
-            let _ = std::fs::remove_dir_all(&calibrate);
-            let mut c = builder(&calibrate);
-            c.arg("load").arg("-i").arg(archive);
-            c
-        });
         let mut killed = 0;
         let mut mid_write = 0;
-        for (i, at) in kill_points(total).enumerate() {
+        for (i, point) in points.iter().copied().enumerate() {
             let root = dir.path().join(format!("load-{i}"));
             let mut cmd = builder(&root);
             cmd.arg("load").arg("-i").arg(archive);
-            if kill_after(cmd, at) {
+            if kill_when(cmd, &format!("{point:?}"), |_| load_reached(&root, point)) {
                 killed += 1;
             }
             if tmp_leftovers(&root) > 0 {
@@ -266,7 +335,7 @@ fn sigkill_during_load_leaves_a_valid_store() {
             std::fs::remove_dir_all(&root).unwrap();
         }
         eprintln!(
-            "{}: load takes {total:?}; {killed} of {KILL_POINTS} kills hit a running load, {mid_write} mid-write",
+            "{}: {killed} of {KILL_POINTS} kills hit a running load, {mid_write} mid-write",
             archive.display()
         );
         assert!(
@@ -289,19 +358,19 @@ fn sigkill_during_save_leaves_no_partial_tarball() {
     let out_dir = dir.path().join("out");
     std::fs::create_dir(&out_dir).unwrap();
     let dest = out_dir.join("app.tar");
-    let total = duration_of(|| {
-        let _ = std::fs::remove_file(&dest);
-        let mut c = builder(&root);
-        c.args(["save", "app:1", "-o"]).arg(&dest);
-        c
-    });
+    succeed(builder(&root).args(["save", "app:1", "-o"]).arg(&dest));
     let reference = std::fs::read(&dest).unwrap();
     std::fs::remove_file(&dest).unwrap();
+    // As /proc shows the directory of the file being written.
+    let out_dir = out_dir.canonicalize().unwrap();
     let mut killed = 0;
-    for at in kill_points(total) {
+    for part in 0..KILL_POINTS {
+        let at = share(reference.len() as u64, part);
         let mut cmd = builder(&root);
         cmd.args(["save", "app:1", "-o"]).arg(&dest);
-        let was_running = kill_after(cmd, at);
+        let was_running = kill_when(cmd, &format!("{at} bytes written"), |pid| {
+            at == 0 || open_file_size_in(pid, &out_dir) >= at
+        });
         if was_running {
             killed += 1;
             // A kill that lands after the tarball was linked into place but
@@ -328,7 +397,7 @@ fn sigkill_during_save_leaves_no_partial_tarball() {
         assert_eq!(std::fs::read(&dest).unwrap(), reference);
         std::fs::remove_file(&dest).unwrap();
     }
-    eprintln!("save takes {total:?}; {killed} of {KILL_POINTS} kills hit a running save");
+    eprintln!("{killed} of {KILL_POINTS} kills hit a running save");
     assert!(
         killed >= KILL_POINTS / 2,
         "only {killed} kills hit a running save"
@@ -349,16 +418,14 @@ fn sigkill_while_overwriting_keeps_the_old_tarball_whole() {
     let dest = dir.path().join("app.tar");
     succeed(builder(&root).args(["save", "app:1", "-o"]).arg(&dest));
     let before = std::fs::read(&dest).unwrap();
-    let total = duration_of(|| {
-        let mut c = builder(&root);
-        c.args(["save", "app:1", "-o"])
-            .arg(dir.path().join("scratch.tar"));
-        c
-    });
-    for at in kill_points(total).step_by(3) {
+    let dir_of_dest = dir.path().canonicalize().unwrap();
+    for part in (0..KILL_POINTS).step_by(3) {
+        let at = share(before.len() as u64, part);
         let mut cmd = builder(&root);
         cmd.args(["save", "app:1", "-o"]).arg(&dest);
-        kill_after(cmd, at);
+        kill_when(cmd, &format!("{at} bytes written"), |pid| {
+            at == 0 || open_file_size_in(pid, &dir_of_dest) >= at
+        });
         assert_eq!(
             std::fs::read(&dest).unwrap(),
             before,
