@@ -2,7 +2,8 @@
 //! run again, read from `--progress=json` events. A cached rebuild runs
 //! nothing; a changed context file re-runs exactly the steps that depend on
 //! it; a changed ARG only the steps that have it in scope; `--no-cache`
-//! everything; and a cached build gives the cold build's image digest.
+//! everything, `--no-cache-filter` a stage and what uses it; and a cached
+//! build gives the cold build's image digest.
 
 mod common;
 
@@ -249,6 +250,29 @@ fn no_cache_reruns_everything() {
     // And the results it stored serve the next build.
     let events = t.build_json_ok(&ctx, &[]);
     assert_ran(&events, &[], "after --no-cache");
+}
+
+#[test]
+fn no_cache_filter_reruns_the_stage_and_the_steps_that_use_it() {
+    if !sandbox_available() {
+        return;
+    }
+    let (t, ctx) = setup();
+    t.build_json_ok(&ctx, &[]);
+    let events = t.build_json_ok(&ctx, &["--no-cache-filter", "right"]);
+    assert_ran(
+        &events,
+        &[
+            "RUN echo right > /right.txt",
+            "RUN echo 1 > /version",
+            "COPY --from=right /right.txt /version /",
+            "COPY top.txt /top.txt",
+        ],
+        "--no-cache-filter right",
+    );
+    // Comma-separated, like BuildKit's list: `base` is under everything.
+    let events = t.build_json_ok(&ctx, &["--no-cache-filter", "left,base"]);
+    assert_ran(&events, &ALL, "--no-cache-filter left,base");
 }
 
 #[test]

@@ -49,6 +49,9 @@ pub(crate) struct Env<'a> {
     pub downloads: &'a [Vec<(String, crate::ops::copy::Pinned)>],
     /// The note name of each step (its identity across builds).
     pub notes: &'a [Option<String>],
+    /// Per vertex, whether it runs whatever the cache holds (`--no-cache`,
+    /// `--no-cache-filter`).
+    pub uncached: &'a [bool],
     pub holds: &'a Mutex<Vec<StoreLock>>,
 }
 
@@ -320,7 +323,7 @@ fn make_plan(
                 continue;
             }
             by_key.insert(key.digest, id);
-            if is_cached_op(&vertex.op) && !env.request.no_cache {
+            if is_cached_op(&vertex.op) && !env.uncached[id] {
                 stats.lookups += 1;
                 if let Some(record) = env.index.get(&key.digest)?
                     && record.layers.iter().all(|l| env.store.has_blob(&l.digest))
@@ -673,7 +676,7 @@ fn run_vertex(
     let vertex = env.graph.vertex(id);
     let key = env.keys[id].as_ref().filter(|_| is_cached_op(&vertex.op));
     if let (Some(key), Some(note)) = (key, &env.notes[id])
-        && !env.request.no_cache
+        && !env.uncached[id]
         && let Some(reason) = explain_miss(env, plan, id, key, note)
     {
         env.progress

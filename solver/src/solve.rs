@@ -64,6 +64,9 @@ pub struct BuildRequest {
     /// `--no-cache`: every step runs; results are still stored for later
     /// builds.
     pub no_cache: bool,
+    /// `--no-cache-filter`: the stages (by name, as in BuildKit) whose steps
+    /// run whatever the cache holds, and so every step after them.
+    pub no_cache_stages: Vec<String>,
     /// `--jobs N`: at most this many steps run at once (none: no limit;
     /// RUN steps are waiting work, not bound to the number of cores).
     pub jobs: Option<usize>,
@@ -481,6 +484,7 @@ pub fn build_with(
         keys: &keys,
         downloads: &downloads,
         notes: &notes,
+        uncached: &uncached_vertices(graph, &compiled.stages, req),
         holds: &holds,
     };
     let mut stats = BuildStats::default();
@@ -653,6 +657,43 @@ fn parse_timestamp(bytes: &[u8]) -> Option<Timestamp> {
         seconds: seconds.parse().ok()?,
         nanos: nanos.parse().ok().filter(|n| *n < 1_000_000_000)?,
     })
+}
+
+/// Per vertex, whether it runs whatever the cache holds: with `--no-cache`
+/// every one; with `--no-cache-filter` those of the named stages and every
+/// vertex that uses one's result (the step runs again and may make other
+/// content than before, which the keys after it, made from its key, would
+/// not tell).
+fn uncached_vertices(
+    graph: &frontend::graph::BuildGraph,
+    stages: &[frontend::convert::CompiledStage],
+    req: &BuildRequest,
+) -> Vec<bool> {
+    if req.no_cache {
+        return vec![true; graph.len()];
+    }
+    let filtered: Vec<usize> = stages
+        .iter()
+        .filter(|s| {
+            s.name.as_deref().is_some_and(|name| {
+                req.no_cache_stages
+                    .iter()
+                    .any(|f| f.eq_ignore_ascii_case(name))
+            })
+        })
+        .map(|s| s.index)
+        .collect();
+    let mut uncached = vec![false; graph.len()];
+    if filtered.is_empty() {
+        return uncached;
+    }
+    // Inputs are made before the vertices that use them: their ids are lower.
+    for id in 0..graph.len() {
+        let vertex = graph.vertex(id);
+        uncached[id] = vertex.stage.is_some_and(|s| filtered.contains(&s))
+            || vertex.inputs.iter().any(|&i| uncached[i]);
+    }
+    uncached
 }
 
 /// The vertices `target` depends on (itself included), in id order, which

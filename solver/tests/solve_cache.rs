@@ -412,6 +412,48 @@ fn no_cache_reruns_everything_and_still_stores() {
 }
 
 #[test]
+fn no_cache_filter_runs_the_named_stages_and_what_uses_them() {
+    require_root!();
+    let f = Fixture::new();
+    let dockerfile = "FROM scratch AS Deps\n\
+                      RUN deps\n\
+                      FROM scratch AS tools\n\
+                      RUN tools\n\
+                      FROM scratch\n\
+                      RUN base\n\
+                      COPY --from=tools /out-tools /t/\n\
+                      COPY --from=deps /out-deps /d/\n\
+                      RUN last\n";
+    let req = f.request(dockerfile);
+    f.build(&req, &FakeExecutor::default(), &solver::NoProgress)
+        .unwrap();
+    // Stage names match whatever their case, as in BuildKit; an unknown
+    // name changes nothing.
+    let mut filtered = req.clone();
+    filtered.no_cache_stages = vec!["DEPS".into(), "nosuchstage".into()];
+    let exec = FakeExecutor::default();
+    let progress = Recorder::default();
+    let result = f.build(&filtered, &exec, &progress).unwrap();
+    assert_eq!(exec.runs(), ["deps", "last"]);
+    assert_eq!(
+        ran(&result),
+        ["RUN deps", "COPY --from=deps /out-deps /d/", "RUN last"]
+    );
+    assert!(progress.misses().is_empty(), "{:?}", progress.misses());
+    // Without the filter, everything comes from the cache again.
+    let exec = FakeExecutor::default();
+    f.build(&req, &exec, &solver::NoProgress).unwrap();
+    assert!(exec.runs().is_empty(), "{:?}", exec.runs());
+    // A stage nothing after it uses runs alone.
+    filtered.no_cache_stages = vec!["tools".into()];
+    filtered.options.target = Some("tools".into());
+    let exec = FakeExecutor::default();
+    let result = f.build(&filtered, &exec, &solver::NoProgress).unwrap();
+    assert_eq!(exec.runs(), ["tools"]);
+    assert_eq!(ran(&result), ["RUN tools"]);
+}
+
+#[test]
 fn removed_snapshots_are_recreated_from_the_blobs() {
     require_root!();
     let f = Fixture::new();

@@ -87,6 +87,10 @@ pub(crate) struct BuildArgs {
     /// Do not use the cache: run every step (results are still stored).
     #[arg(long)]
     no_cache: bool,
+    /// Do not use the cache for the steps of this stage (and the steps
+    /// after them); comma-separated or repeated.
+    #[arg(long = "no-cache-filter", value_name = "STAGE", value_delimiter = ',')]
+    no_cache_filter: Vec<String>,
     /// Run at most N steps at once (default: no limit).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     jobs: Option<u32>,
@@ -894,6 +898,7 @@ fn request(args: &BuildArgs, shown: &str, dockerfile: Vec<u8>) -> anyhow::Result
         source_date_epoch,
         layer_compression: CompressionOptions::new(Compression::Gzip),
         no_cache: args.no_cache,
+        no_cache_stages: args.no_cache_filter.clone(),
         jobs: args.jobs.map(|n| n as usize),
         secrets: args
             .secrets
