@@ -390,7 +390,9 @@ fn add_git_repository() {
         .collect();
     assert_eq!(
         reasons,
-        vec![format!("ADD {url}#feature /dst: git {url}#feature changed")],
+        vec![format!(
+            "ADD {url}#feature /dst: commit of {url}#feature changed"
+        )],
         "{events:#?}"
     );
     let out = build_to(&t, ctx.to_str().unwrap(), &[], None);

@@ -23,9 +23,10 @@
 //!   is downloaded to compute the key: its sha256 and `Last-Modified`, and
 //!   once more when the step runs, which fails unless it serves the same
 //!   content then: see [`KeyComputer::take_downloads`]); a git source by
-//!   the commit its reference names (asked with `git ls-remote`, checked
-//!   out again when the step runs, which fails unless the reference still
-//!   names it) or by its `--checksum`;
+//!   its URL without credentials (a CI job's token changes every run) and
+//!   the commit its reference names (asked with `git ls-remote`; the step
+//!   checks out that commit, even if the reference moved on meanwhile) or
+//!   its `--checksum`;
 //! - mkdir (WORKDIR): the parent key, path, mode and user.
 //!
 //! Every cached op also keys SOURCE_DATE_EPOCH, which changes the layer
@@ -545,22 +546,29 @@ impl<'a> KeyComputer<'a> {
                         );
                     }
                 },
-                CopySource::Git { url } => match &op.checksum {
-                    // The checkout is checked against it when the step runs.
-                    Some(checksum) => b.add(
-                        format!("git {url}"),
-                        &[url.as_bytes(), checksum.to_ascii_lowercase().as_bytes()],
-                    ),
-                    None => {
-                        // A repository that cannot be asked leaves the step
-                        // uncached: it runs and reports what git says.
-                        let Ok(Some(commit)) = resolve_commit(url, self.cancel) else {
-                            return Ok(None);
-                        };
-                        b.add(format!("git {url}"), &[url.as_bytes(), commit.as_bytes()]);
-                        downloads.push((url.clone(), Pinned::Commit(commit)));
+                CopySource::Git { url } => {
+                    let shown = without_credentials(url);
+                    match &op.checksum {
+                        // The checkout is checked against it when the step runs.
+                        Some(checksum) => b.add(
+                            format!("git {shown}"),
+                            &[shown.as_bytes(), checksum.to_ascii_lowercase().as_bytes()],
+                        ),
+                        None => {
+                            // A repository that cannot be asked leaves the
+                            // step uncached: it runs and reports what git says.
+                            let Ok(Some(commit)) = resolve_commit(url, self.cancel) else {
+                                return Ok(None);
+                            };
+                            // A miss says `commit of URL#REF changed`.
+                            b.add(
+                                format!("commit of {shown}"),
+                                &[shown.as_bytes(), commit.as_bytes()],
+                            );
+                            downloads.push((url.clone(), Pinned::Commit(commit)));
+                        }
                     }
-                },
+                }
                 CopySource::Inline { name, content } => {
                     b.add(
                         format!("file {name}"),
@@ -591,6 +599,21 @@ impl<'a> KeyComputer<'a> {
             self.downloads.insert(id, downloads);
         }
         Ok(Some(b.finish()))
+    }
+}
+
+/// `url` without the user and password of its authority
+/// (`https://x-access-token:TOKEN@github.com/o/r.git` →
+/// `https://github.com/o/r.git`), for keys and what they show. Other forms
+/// (`git@host:repo`, where `git` is no secret) are kept as they are.
+fn without_credentials(url: &str) -> std::borrow::Cow<'_, str> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.into();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]).into(),
+        None => url.into(),
     }
 }
 
@@ -645,6 +668,24 @@ fn opt_u32(v: Option<u32>) -> String {
 mod tests {
     use super::*;
     use cache::compression::{Compression, CompressionOptions};
+
+    #[test]
+    fn credentials_are_left_out_of_urls() {
+        for (url, shown) in [
+            (
+                "https://x-access-token:s3cr3t@github.com/o/r.git#main:sub",
+                "https://github.com/o/r.git#main:sub",
+            ),
+            ("https://user@h/r.git", "https://h/r.git"),
+            ("ssh://git@h:22/r.git", "ssh://h:22/r.git"),
+            ("https://h/r.git#ref@x", "https://h/r.git#ref@x"),
+            ("https://h/a@b/r.git", "https://h/a@b/r.git"),
+            ("git@github.com:o/r.git", "git@github.com:o/r.git"),
+            ("/srv/r.git", "/srv/r.git"),
+        ] {
+            assert_eq!(without_credentials(url), shown, "{url}");
+        }
+    }
     use cache::images::ImageStore;
     use cache::store::Store;
 

@@ -44,8 +44,9 @@ pub(crate) struct Env<'a> {
     pub graph: &'a BuildGraph,
     pub sources: &'a [Option<Digest>],
     pub keys: &'a [Option<VertexKey>],
-    /// Per vertex, the URLs its key was computed from with the sha256 of
-    /// what they served (see [`crate::cachekey::KeyComputer::take_downloads`]).
+    /// Per vertex, the remote sources its key was computed from with what
+    /// they were then: a URL's sha256, a git reference's commit (see
+    /// [`crate::cachekey::KeyComputer::take_downloads`]).
     pub downloads: &'a [Vec<(String, crate::ops::copy::Pinned)>],
     /// The note name of each step (its identity across builds).
     pub notes: &'a [Option<String>],

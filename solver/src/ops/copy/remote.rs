@@ -135,7 +135,6 @@ pub fn resolve_commit(spec: &str, cancel: &CancelHandle) -> Result<Option<String
         Some(r) if looks_like_commit(r) => {
             return Ok((r.len() == 40 || r.len() == 64).then(|| r.to_ascii_lowercase()));
         }
-        Some(r) if r.starts_with("refs/") => vec![format!("{r}^{{}}"), r.to_owned()],
         Some(r) => vec![
             format!("refs/heads/{r}"),
             format!("refs/tags/{r}^{{}}"),
@@ -162,6 +161,35 @@ pub fn resolve_commit(spec: &str, cancel: &CancelHandle) -> Result<Option<String
     }))
 }
 
+/// Checks out `commit` in the clone at `dest`, with its submodules.
+fn check_out(url: &str, dest: &Path, commit: &str, cancel: &CancelHandle) -> Result<(), CopyError> {
+    run_git(
+        url,
+        &format!("git checkout {commit}"),
+        Command::new("git").arg("-C").arg(dest).args([
+            "-c",
+            "advice.detachedHead=false",
+            "checkout",
+            "--quiet",
+            commit,
+        ]),
+        cancel,
+    )?;
+    run_git(
+        url,
+        "git submodule update",
+        Command::new("git").arg("-C").arg(dest).args([
+            "submodule",
+            "update",
+            "--init",
+            "--recursive",
+            "--quiet",
+        ]),
+        cancel,
+    )?;
+    Ok(())
+}
+
 /// The commit checked out in `dir`.
 fn head_commit(url: &str, dir: &Path, cancel: &CancelHandle) -> Result<String, CopyError> {
     let mut rev_parse = Command::new("git");
@@ -174,8 +202,9 @@ fn head_commit(url: &str, dir: &Path, cancel: &CancelHandle) -> Result<String, C
 /// empty) and returns the directory to use: `dest`, or its `SUBDIR`.
 /// `expected_commit` (ADD --checksum) must be a prefix of the checked-out
 /// commit; `keyed_commit`, the commit [`resolve_commit`] found when the
-/// step's cache key was computed, must be the checked-out commit
-/// ([`CopyError::UrlChanged`] otherwise: the reference moved meanwhile).
+/// step's cache key was computed, is the commit checked out: fetched by its
+/// id if the reference has moved on since ([`CopyError::UrlChanged`] if the
+/// repository no longer has it).
 pub fn git_checkout(
     spec: &str,
     dest: &Path,
@@ -199,30 +228,31 @@ pub fn git_checkout(
     run_git(url, "git clone", &mut clone, cancel)?;
     if !shallow {
         let r = src.reference.as_deref().expect("a commit was given");
-        run_git(
-            url,
-            &format!("git checkout {r}"),
-            Command::new("git").arg("-C").arg(dest).args([
-                "-c",
-                "advice.detachedHead=false",
-                "checkout",
-                "--quiet",
-                r,
-            ]),
-            cancel,
-        )?;
-        run_git(
-            url,
-            "git submodule update",
-            Command::new("git").arg("-C").arg(dest).args([
-                "submodule",
-                "update",
-                "--init",
-                "--recursive",
-                "--quiet",
-            ]),
-            cancel,
-        )?;
+        check_out(url, dest, r, cancel)?;
+    }
+    if let Some(keyed) = keyed_commit
+        && !head_commit(url, dest, cancel)?.starts_with(keyed)
+    {
+        // The reference moved on since the key was computed (a push while
+        // the build ran): the keyed commit is what this step stands for.
+        // Servers give a commit by its id (protocol v2); one that is gone
+        // (a force push) cannot be built under that key.
+        let mut fetch = Command::new("git");
+        fetch
+            .arg("-C")
+            .arg(dest)
+            .args(["fetch", "--quiet", "--depth", "1", "origin", keyed]);
+        if run_git(url, "git fetch", &mut fetch, cancel)
+            .and_then(|_| check_out(url, dest, keyed, cancel))
+            .is_err()
+        {
+            if cancel.is_cancelled() {
+                return Err(CopyError::Cancelled);
+            }
+            return Err(CopyError::UrlChanged {
+                url: spec.to_owned(),
+            });
+        }
     }
     if expected_commit.is_some() || keyed_commit.is_some() {
         let actual = head_commit(url, dest, cancel)?;
@@ -235,7 +265,9 @@ pub fn git_checkout(
                 actual,
             });
         }
-        if keyed_commit.is_some_and(|keyed| keyed != actual) {
+        // A sha256 repository's commit ids are 64 digits: 40 given are a
+        // prefix.
+        if keyed_commit.is_some_and(|keyed| !actual.starts_with(keyed)) {
             return Err(CopyError::UrlChanged {
                 url: spec.to_owned(),
             });
@@ -463,27 +495,36 @@ mod tests {
             "not the tag object"
         );
         assert_eq!(resolve("#same").as_deref(), Some(two.as_str()));
-        assert_eq!(resolve("#refs/tags/same").as_deref(), Some(one.as_str()));
-        assert_eq!(resolve("#refs/tags/v1").as_deref(), Some(one.as_str()));
+        // `git clone --branch` takes short names only: a full one is not
+        // resolved (the step runs uncached and reports what git says).
+        assert_eq!(resolve("#refs/tags/v1"), None);
         assert_eq!(resolve("#no-such-branch"), None);
         // A commit is its own answer; an abbreviated one cannot be asked for.
         assert_eq!(resolve(&format!("#{one}")).as_deref(), Some(one.as_str()));
         assert_eq!(resolve(&format!("#{}", &one[..10])), None);
-        // A clone of the reference checks out what it resolved to, and
-        // fails once the reference has moved on.
+        // A clone of the reference checks out the commit it resolved to,
+        // even once the reference has moved on (fetched by its id), and
+        // fails as a changed URL when the repository does not have it.
         let checkout = |keyed: &str| {
             let dest = tempfile::tempdir().unwrap();
-            git_checkout(
+            let dir = dest.path().join("c");
+            let result = git_checkout(
                 &format!("{url}#main"),
-                &dest.path().join("c"),
-                false,
+                &dir,
+                true,
                 None,
                 Some(keyed),
                 &cancel,
-            )
+            );
+            result.map(|_| git(&dir, &["rev-parse", "HEAD"]))
         };
-        checkout(&two).unwrap();
-        let err = checkout(&one).unwrap_err();
+        assert_eq!(checkout(&two).unwrap(), two);
+        assert_eq!(
+            checkout(&one).unwrap(),
+            one,
+            "the moved reference's old commit"
+        );
+        let err = checkout(&"0".repeat(40)).unwrap_err();
         assert!(matches!(err, CopyError::UrlChanged { .. }), "{err:?}");
         // A repository that cannot be asked is an error, not an answer.
         let missing = format!("file://{}/missing.git", dir.path().display());
