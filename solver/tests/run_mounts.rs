@@ -708,7 +708,16 @@ fn cancelling_a_build_stops_its_wait_for_a_locked_cache() {
          RUN --mount=type=cache,id=held,target=/c,sharing=locked touch /c/waiter\n",
     );
     let cancel = CancelHandle::new();
+    /// Lets the holder finish, also when an assertion fails first (the
+    /// scope waits for it).
+    struct Release(std::path::PathBuf);
+    impl Drop for Release {
+        fn drop(&mut self) {
+            let _ = fs::write(self.0.join("release"), "");
+        }
+    }
     std::thread::scope(|s| {
+        let release = Release(dir.clone());
         let held = s.spawn(|| f.build(&holder).map(|_| ()).map_err(|e| chain(&e)));
         while !dir.join("running").exists() {
             assert!(!held.is_finished(), "the holder ended early");
@@ -727,7 +736,7 @@ fn cancelling_a_build_stops_its_wait_for_a_locked_cache() {
         // not wait for it.
         assert!(!dir.join("done").exists());
         assert!(!dir.join("waiter").exists());
-        fs::write(dir.join("release"), "").unwrap();
+        drop(release);
         held.join().unwrap().unwrap();
     });
     assert!(dir.join("done").exists());
