@@ -309,7 +309,9 @@ fn make_plan(
     let graph = env.graph;
     let mut plan = vec![Plan::Skip; graph.len()];
     let mut seen = vec![false; graph.len()];
-    let mut by_key: HashMap<Digest, VertexId> = HashMap::new();
+    // Identical vertices (same key) run once, unless one must run whatever
+    // the cache holds and the other may come from it (`--no-cache-filter`).
+    let mut by_key: HashMap<(Digest, bool), VertexId> = HashMap::new();
     // Inputs are visited in id order (lowest first), so that of identical
     // vertices the earlier one leads.
     let mut stack = vec![target];
@@ -319,11 +321,11 @@ fn make_plan(
         }
         let vertex = graph.vertex(id);
         if let Some(key) = &env.keys[id] {
-            if let Some(&leader) = by_key.get(&key.digest) {
+            if let Some(&leader) = by_key.get(&(key.digest, env.uncached[id])) {
                 plan[id] = Plan::Alias(leader);
                 continue;
             }
-            by_key.insert(key.digest, id);
+            by_key.insert((key.digest, env.uncached[id]), id);
             if is_cached_op(&vertex.op) && !env.uncached[id] {
                 stats.lookups += 1;
                 if let Some(record) = env.index.get(&key.digest)?

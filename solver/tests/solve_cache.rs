@@ -415,9 +415,13 @@ fn no_cache_reruns_everything_and_still_stores() {
 fn no_cache_filter_runs_the_named_stages_and_what_uses_them() {
     require_root!();
     let f = Fixture::new();
+    // `RUN common` is the same step in both stages: with the filter, the
+    // one in `deps` runs, the one in `tools` still comes from the cache.
     let dockerfile = "FROM scratch AS Deps\n\
+                      RUN common\n\
                       RUN deps\n\
                       FROM scratch AS tools\n\
+                      RUN common\n\
                       RUN tools\n\
                       FROM scratch\n\
                       RUN base\n\
@@ -434,23 +438,47 @@ fn no_cache_filter_runs_the_named_stages_and_what_uses_them() {
     let exec = FakeExecutor::default();
     let progress = Recorder::default();
     let result = f.build(&filtered, &exec, &progress).unwrap();
-    assert_eq!(exec.runs(), ["deps", "last"]);
+    assert_eq!(exec.runs(), ["common", "deps", "last"]);
     assert_eq!(
         ran(&result),
-        ["RUN deps", "COPY --from=deps /out-deps /d/", "RUN last"]
+        [
+            "RUN common",
+            "RUN deps",
+            "COPY --from=deps /out-deps /d/",
+            "RUN last"
+        ]
     );
     assert!(progress.misses().is_empty(), "{:?}", progress.misses());
     // Without the filter, everything comes from the cache again.
     let exec = FakeExecutor::default();
     f.build(&req, &exec, &solver::NoProgress).unwrap();
     assert!(exec.runs().is_empty(), "{:?}", exec.runs());
+    // The same step served from the cache elsewhere in the build is no
+    // stand-in for a filtered one (here `a`'s is looked up first).
+    let req = f.request(
+        "FROM scratch AS a\n\
+         RUN common\n\
+         FROM scratch AS b\n\
+         RUN common\n\
+         RUN b\n\
+         FROM scratch\n\
+         COPY --from=b /out-b /b/\n\
+         COPY --from=a /out-common /a/\n",
+    );
+    f.build(&req, &FakeExecutor::default(), &solver::NoProgress)
+        .unwrap();
+    let mut only_b = req.clone();
+    only_b.no_cache_stages = vec!["b".into()];
+    let exec = FakeExecutor::default();
+    f.build(&only_b, &exec, &solver::NoProgress).unwrap();
+    assert_eq!(exec.runs(), ["common", "b"]);
     // A stage nothing after it uses runs alone.
     filtered.no_cache_stages = vec!["tools".into()];
     filtered.options.target = Some("tools".into());
     let exec = FakeExecutor::default();
     let result = f.build(&filtered, &exec, &solver::NoProgress).unwrap();
-    assert_eq!(exec.runs(), ["tools"]);
-    assert_eq!(ran(&result), ["RUN tools"]);
+    assert_eq!(exec.runs(), ["common", "tools"]);
+    assert_eq!(ran(&result), ["RUN common", "RUN tools"]);
 }
 
 #[test]
