@@ -230,32 +230,40 @@ pub fn git_checkout(
         let r = src.reference.as_deref().expect("a commit was given");
         check_out(url, dest, r, cancel)?;
     }
-    if let Some(keyed) = keyed_commit
-        && !head_commit(url, dest, cancel)?.starts_with(keyed)
-    {
-        // The reference moved on since the key was computed (a push while
-        // the build ran): the keyed commit is what this step stands for.
-        // Servers give a commit by its id (protocol v2); one that is gone
-        // (a force push) cannot be built under that key.
-        let mut fetch = Command::new("git");
-        fetch
-            .arg("-C")
-            .arg(dest)
-            .args(["fetch", "--quiet", "--depth", "1", "origin", keyed]);
-        if run_git(url, "git fetch", &mut fetch, cancel)
-            .and_then(|_| check_out(url, dest, keyed, cancel))
-            .is_err()
-        {
-            if cancel.is_cancelled() {
-                return Err(CopyError::Cancelled);
+    // The commit checked out, asked of git once (again only after a fetch).
+    let mut head = None;
+    if let Some(keyed) = keyed_commit {
+        let actual = head_commit(url, dest, cancel)?;
+        if !actual.starts_with(keyed) {
+            // The reference moved on since the key was computed (a push
+            // while the build ran): the keyed commit is what this step
+            // stands for. Servers give a commit by its id (protocol v2);
+            // one that is gone (a force push) cannot be built under that key.
+            let mut fetch = Command::new("git");
+            fetch
+                .arg("-C")
+                .arg(dest)
+                .args(["fetch", "--quiet", "--depth", "1", "origin", keyed]);
+            if run_git(url, "git fetch", &mut fetch, cancel)
+                .and_then(|_| check_out(url, dest, keyed, cancel))
+                .is_err()
+            {
+                if cancel.is_cancelled() {
+                    return Err(CopyError::Cancelled);
+                }
+                return Err(CopyError::UrlChanged {
+                    url: spec.to_owned(),
+                });
             }
-            return Err(CopyError::UrlChanged {
-                url: spec.to_owned(),
-            });
+        } else {
+            head = Some(actual);
         }
     }
     if expected_commit.is_some() || keyed_commit.is_some() {
-        let actual = head_commit(url, dest, cancel)?;
+        let actual = match head {
+            Some(actual) => actual,
+            None => head_commit(url, dest, cancel)?,
+        };
         if let Some(expected) = expected_commit
             && (expected.is_empty() || !actual.starts_with(&expected.to_ascii_lowercase()))
         {
