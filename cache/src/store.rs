@@ -216,6 +216,23 @@ impl Store {
         Ok(())
     }
 
+    /// Removes the entries of the directory `dir` (under the root) that
+    /// `keep` refuses; returns how many went. A missing directory has none.
+    /// For the hint directories that name blobs, after a prune.
+    pub(crate) fn remove_entries_unless(
+        &self,
+        dir: &str,
+        mut keep: impl FnMut(&fs::DirEntry) -> bool,
+    ) -> usize {
+        let Ok(entries) = fs::read_dir(self.root.join(dir)) else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .filter(|entry| !keep(entry) && fs::remove_file(entry.path()).is_ok())
+            .count()
+    }
+
     /// A fresh directory in `tmp/`, on the store's filesystem so that its
     /// content can be renamed into place; removed on drop unless kept.
     pub fn temp_dir(&self, prefix: &str) -> Result<tempfile::TempDir, StoreError> {

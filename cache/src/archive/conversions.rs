@@ -56,24 +56,13 @@ pub(crate) fn record(store: &Store, source: &Digest, target: &CompressionOptions
 /// Removes the records whose source or target blob is no longer stored;
 /// returns how many. For prune, after it removed blobs.
 pub fn sweep(store: &Store) -> usize {
-    let Ok(entries) = fs::read_dir(store.root().join(DIR)) else {
-        return 0;
-    };
-    let mut removed = 0;
-    for entry in entries.flatten() {
+    store.remove_entries_unless(DIR, |entry| {
         let text = fs::read_to_string(entry.path()).unwrap_or_default();
-        let mut digests = text
+        let stored = text
             .split_whitespace()
             .take(2)
-            .map(|d| d.parse::<Digest>().ok());
-        let live = digests
-            .by_ref()
-            .filter(|d| d.is_some_and(|d| store.has_blob(&d)))
-            .count()
-            == 2;
-        if !live && fs::remove_file(entry.path()).is_ok() {
-            removed += 1;
-        }
-    }
-    removed
+            .filter(|d| d.parse::<Digest>().is_ok_and(|d| store.has_blob(&d)))
+            .count();
+        stored == 2
+    })
 }

@@ -49,21 +49,13 @@ pub(crate) fn sources(store: &Store, digest: &Digest) -> Vec<(String, String)> {
 /// Removes the records of blobs that are no longer stored; returns how
 /// many. For prune, after it removed blobs.
 pub(crate) fn sweep(store: &Store) -> usize {
-    let Ok(entries) = fs::read_dir(store.root().join(DIR)) else {
-        return 0;
-    };
-    let mut removed = 0;
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let digest = name
+    store.remove_entries_unless(DIR, |entry| {
+        entry
+            .file_name()
             .to_str()
-            .and_then(|hex| format!("sha256:{hex}").parse::<Digest>().ok());
-        let stored = digest.is_some_and(|d| store.has_blob(&d));
-        if !stored && fs::remove_file(entry.path()).is_ok() {
-            removed += 1;
-        }
-    }
-    removed
+            .and_then(|hex| format!("sha256:{hex}").parse::<Digest>().ok())
+            .is_some_and(|d| store.has_blob(&d))
+    })
 }
 
 #[cfg(test)]
